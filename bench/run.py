@@ -1,0 +1,325 @@
+"""The whole benchmark set, one run, one table: `python -m bench.run` (scripts/bench).
+
+Every figure comes from this run on this machine: throughput is given as a ratio to a bare
+ASGI hello-world served by the same granian settings a moment before, because absolute
+numbers wander from run to run on a shared 2-core machine. Each notsale measurement gets a
+fresh sale (its own database and Redis DB index), so runs never see each other's stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import coredis
+import httpx
+
+from notsale.config import Settings
+from notsale.store.migrations import migrate
+
+REPO = Path(__file__).resolve().parents[1]
+WRK = REPO / "bench" / "wrk"
+PORT = 8099
+BENCH_REDIS_DB = 15  # the Redis DB index benchmarks flush and use
+CONNECTIONS = 64
+WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_COUNT = re.compile(r"(\d+) requests in")
+LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def fresh_stores(base: Settings) -> tuple[str, str]:
+    """A new empty, migrated database and an empty Redis DB index, as URLs."""
+    name = f"notsale_bench_{int(time.time())}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(base.database_url)
+        try:
+            for old in await admin.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'notsale_bench_%'"
+            ):
+                await admin.execute(f'DROP DATABASE "{old["datname"]}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    database_url = base.database_url.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(migrate(database_url))
+    redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
+
+    async def flush() -> None:
+        async with coredis.Redis.from_url(redis_url) as redis:
+            await redis.flushdb()
+
+    asyncio.run(flush())
+    return database_url, redis_url
+
+
+def wait_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing answered at {url}")
+
+
+@contextmanager
+def running(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_up(probe)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def worker_rss_mb(server: subprocess.Popen[bytes]) -> float:
+    pids = subprocess.run(
+        ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
+    ).stdout.split()
+    rss = [int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 for pid in pids]
+    return max(rss) / 2**20 if rss else 0.0
+
+
+def wrk(url: str, seconds: int, script: str | None = None, *args: str) -> dict[str, float]:
+    cmd = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", str(WRK / script)]
+    out = subprocess.run(
+        [*cmd, url, *(["--", *args] if args else [])], capture_output=True, text=True, check=True
+    ).stdout
+    rps, count = WRK_LINE.search(out), WRK_COUNT.search(out)
+    lat = {p: float(v) * UNIT_MS[u] for p, v, u in LATENCY.findall(out)}
+    return {
+        "rps": float(rps[1]) if rps else 0.0,
+        "p50": lat.get("50", 0),
+        "p99": lat.get("99", 0),
+        "requests": float(count[1]) if count else 0.0,
+    }
+
+
+def attempts_drain_s(database_url: str, requests: float) -> float:
+    """Seconds after the load stopped until checkout_attempts holds every answered request."""
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM checkout_attempts"))
+        finally:
+            await conn.close()
+
+    started = time.monotonic()
+    while asyncio.run(count()) < requests and time.monotonic() - started < 60:
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -> int:
+    """Checkout load until `total` requests were answered; worker RSS after every 30 s."""
+    database_url, redis_url = fresh_stores(base)
+    env = {
+        **os.environ,
+        "NOTSALE_PORT": str(PORT),
+        "NOTSALE_WORKERS": str(workers),
+        "NOTSALE_DATABASE_URL": database_url,
+        "NOTSALE_REDIS_URL": redis_url,
+    }
+    with running(serve, env, url + "/health") as server:
+        print(f"start: max worker RSS {worker_rss_mb(server):.1f} MB")
+        done = 0.0
+        while done < total:
+            got = wrk(url, 30, "checkout.lua")
+            done += got["requests"]
+            print(
+                f"{done:.0f} requests, {got['rps']:.0f} req/s, "
+                f"max worker RSS {worker_rss_mb(server):.1f} MB",
+                flush=True,
+            )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--pairs", type=int, default=10_000, help="locust full mode pairs")
+    parser.add_argument("--sim-users", type=int, default=1000)
+    parser.add_argument("--sim-seconds", type=int, default=60)
+    parser.add_argument("--skip-locust", action="store_true")
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N checkout requests in 30 s wrk runs, printing worker RSS after each",
+    )
+    opts = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk (scripts/bench does it)")
+    base = Settings.from_env()
+    url = f"http://127.0.0.1:{PORT}"
+    granian = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--loop",
+        "uvloop",
+        "--workers",
+        str(opts.workers),
+        "--backlog",
+        "4096",
+        "--port",
+        str(PORT),
+        "--no-ws",
+    ]
+    serve = [sys.executable, "-m", "notsale", "serve"]
+    if opts.soak:
+        return soak(opts.soak, opts.workers, serve, url, base)
+    rows: list[tuple[str, ...]] = []
+    with running([*granian, "bench.hello:app"], dict(os.environ), url):
+        hello = wrk(url, opts.seconds)
+    rows.append(
+        (
+            "hello-world (bare ASGI)",
+            f"{hello['rps']:.0f}",
+            "1.00",
+            f"{hello['p50']:.2f}",
+            f"{hello['p99']:.2f}",
+            "",
+            "",
+        )
+    )
+
+    def notsale_env() -> dict[str, str]:
+        database_url, redis_url = fresh_stores(base)
+        return {
+            **os.environ,
+            "NOTSALE_PORT": str(PORT),
+            "NOTSALE_WORKERS": str(opts.workers),
+            "NOTSALE_DATABASE_URL": database_url,
+            "NOTSALE_REDIS_URL": redis_url,
+        }
+
+    for label, script, args in (
+        ("checkout (stampede, random items)", "checkout.lua", ()),
+        ("purchase (each waits for its commit)", "purchase.lua", ("200",)),
+        ("mix (checkout, then purchase on 200)", "mix.lua", ()),
+    ):
+        env = notsale_env()
+        with running(serve, env, url + "/health") as server:
+            got = wrk(url, opts.seconds, script, *args)
+            rss = worker_rss_mb(server)
+            # Only the checkout-only run knows how many attempts it made (wrk's count).
+            drain = (
+                f"{attempts_drain_s(env['NOTSALE_DATABASE_URL'], got['requests']):.2f}"
+                if script == "checkout.lua"
+                else ""
+            )
+        rows.append(
+            (
+                label,
+                f"{got['rps']:.0f}",
+                f"{got['rps'] / hello['rps']:.2f}",
+                f"{got['p50']:.2f}",
+                f"{got['p99']:.2f}",
+                f"{rss:.0f}",
+                drain,
+            )
+        )
+
+    print(
+        f"\nwrk -t2 -c{CONNECTIONS} -d{opts.seconds}s, {opts.workers} granian workers, "
+        f"{os.cpu_count()} cores shared with Redis, PostgreSQL and wrk\n"
+    )
+    print(
+        "| run | req/s | ratio to hello | p50 ms | p99 ms | max worker RSS MB "
+        "| attempts in PostgreSQL s after load |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+    if not opts.skip_locust:
+        locust = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(REPO / "bench" / "locustfile.py"),
+            "--headless",
+            "--only-summary",
+            "-H",
+            url,
+        ]
+        env = notsale_env()
+        with running(serve, env, url + "/health"):
+            started = time.monotonic()
+            full = subprocess.run(
+                [*locust, "-u", "64", "-r", "64", "--mode", "full", "--pairs", str(opts.pairs)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            took = time.monotonic() - started
+        print(
+            f"\nlocust full mode: {opts.pairs} pairs in {took:.1f}s = "
+            f"{opts.pairs / took:.0f} pairs/s (exit {full.returncode})"
+        )
+        print("\n".join(line for line in full.stdout.splitlines() if "full mode" in line))
+        env = notsale_env()
+        with running(serve, env, url + "/health"):
+            sim = subprocess.run(
+                [
+                    *locust,
+                    "-u",
+                    str(opts.sim_users),
+                    "-r",
+                    "200",
+                    "-t",
+                    f"{opts.sim_seconds}s",
+                    "--mode",
+                    "sim",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+        summary = [
+            line
+            for line in (sim.stdout + sim.stderr).splitlines()
+            if "Aggregated" in line or "POST" in line or "fails" in line
+        ]
+        print(
+            f"\nlocust sim mode: {opts.sim_users} buyers, {opts.sim_seconds}s "
+            f"(exit {sim.returncode})"
+        )
+        print("\n".join(summary[-8:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

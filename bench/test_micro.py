@@ -1,0 +1,97 @@
+"""Microbenchmarks of the hot functions: `pytest bench` (or scripts/bench).
+CI runs them once each with --benchmark-disable, as a smoke test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+import msgspec
+import pytest
+
+from bench.conftest import Runner
+from notsale.api.models import CheckoutBody
+from notsale.catalog import item_name
+from notsale.engine.clock import current_sale
+from notsale.engine.codes import new_code
+from notsale.engine.sale import EVENT_DECODER, sale_keys
+from notsale.store.rows import AttemptRow, copy_rows
+
+BATCH = 100
+COUNTER = itertools.count()
+
+
+def checkout_ops(runner: Runner, n: int) -> list[Any]:
+    sale = current_sale(runner.settings.sale_seconds)
+    ops: list[Any] = []
+    for _ in range(n):
+        i = next(COUNTER)
+        ops += ["c", i % 10_000 + 1, f"bench{i}", new_code(sale)]
+    return ops
+
+
+def test_lua_round_trip_one_checkout(benchmark: Any, runner: Runner) -> None:
+    sale = current_sale(runner.settings.sale_seconds)
+    runner.run(runner.engine.checkout("warmup", 1))  # marks the sale ready
+    benchmark(lambda: runner.run(runner.engine._send(sale, checkout_ops(runner, 1))))
+
+
+def test_lua_round_trip_batch_of_100_checkouts(benchmark: Any, runner: Runner) -> None:
+    sale = current_sale(runner.settings.sale_seconds)
+    runner.run(runner.engine.checkout("warmup", 1))
+    benchmark.extra_info["ops_per_call"] = BATCH
+    benchmark(lambda: runner.run(runner.engine._send(sale, checkout_ops(runner, BATCH))))
+
+
+def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner) -> None:
+    """The alternative to one script run per batch: one pipeline of one-op runs."""
+    sale = current_sale(runner.settings.sale_seconds)
+    runner.run(runner.engine.checkout("warmup", 1))
+    s = runner.settings
+    head = [sale, s.sale_seconds * 1000, s.hold_seconds * 1000, s.user_limit, 3_600_000]
+
+    async def pipelined() -> None:
+        async with runner.redis.pipeline(transaction=False) as pipe:
+            for i in range(BATCH):
+                ops = checkout_ops(runner, 1)
+                runner.engine._sale(keys=sale_keys(sale), args=[*head, *ops], client=pipe)
+                del i
+
+    benchmark.extra_info["ops_per_call"] = BATCH
+    benchmark(lambda: runner.run(pipelined()))
+
+
+def test_encode_checkout_body(benchmark: Any) -> None:
+    body = CheckoutBody("A" * 28, 498745, 42, "Amber Oak Kettle", "/x", "2026-11-24T01:00:00Z")
+    encode = msgspec.json.Encoder().encode
+    benchmark(encode, body)
+
+
+def test_decode_outbox_event(benchmark: Any) -> None:
+    raw = b'["c","user123","42","item_held","","1795482486613"]'
+    benchmark(EVENT_DECODER.decode, raw)
+
+
+def test_item_name_uncached(benchmark: Any) -> None:
+    counter = itertools.count(1)
+    benchmark(lambda: item_name.__wrapped__(498745, next(counter)))
+
+
+@pytest.mark.parametrize("rows", [1_000, 10_000])
+def test_copy_attempts(benchmark: Any, runner: Runner, rows: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+
+    def batch() -> list[AttemptRow]:
+        base = next(COUNTER) * rows
+        return [
+            AttemptRow(f"b:{base + i}", 1, f"u{i}", i, None, "item_held", None, now)
+            for i in range(rows)
+        ]
+
+    async def write(attempts: list[AttemptRow]) -> None:
+        async with runner.pool.acquire() as conn:
+            await copy_rows(conn, attempts, [], 30)
+
+    benchmark.extra_info["rows"] = rows
+    benchmark.pedantic(lambda a: runner.run(write(a)), setup=lambda: ((batch(),), {}), rounds=5)

@@ -1,0 +1,109 @@
+"""The command line: `notsale serve | migrate | reconcile` (also `python -m notsale …`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from notsale.config import Settings, SettingsError
+from notsale.logs import setup_logging
+from notsale.store.migrations import migrate
+
+log = logging.getLogger("notsale")
+
+# granian's "backlog" of the listening socket: a stampede opens many connections at once.
+LISTEN_BACKLOG = 4096
+# A request line and headers larger than this are refused by granian before Python sees them.
+MAX_HEAD_BYTES = 16 * 1024
+# A client that does not finish sending its headers within this long is dropped.
+HEADER_READ_TIMEOUT_MS = 10_000
+
+
+def run_migrations(settings: Settings) -> None:
+    applied = asyncio.run(migrate(settings.database_url))
+    log.info("migrations done", extra={"applied": applied})
+
+
+def serve(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    run_migrations(settings)
+    Granian(
+        "notsale.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        backlog=LISTEN_BACKLOG,
+        http1_settings=HTTP1Settings(
+            max_buffer_size=MAX_HEAD_BYTES, header_read_timeout=HEADER_READ_TIMEOUT_MS
+        ),
+        log_access=False,
+        respawn_failed_workers=True,
+        respawn_interval=0.5,
+    ).serve()
+
+
+async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
+    import coredis
+
+    from notsale.engine.clock import current_sale
+    from notsale.store.pool import create_pool
+    from notsale.store.reconcile import Reconciler
+
+    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    pool = await create_pool(settings.database_url)
+    try:
+        async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+            reconciler = Reconciler(redis, pool, settings)
+            if not check:
+                restored = await reconciler.rebuild(sale)
+                print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
+            found = await reconciler.differences(sale)
+    finally:
+        await pool.close()
+    for difference in found:
+        print(f"sale {sale}: {difference.what}: {difference.detail}")
+    if not found:
+        print(f"sale {sale}: Redis and PostgreSQL agree")
+    return 1 if found else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="notsale", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply pending migrations, then serve with granian")
+    commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
+    rebuild = commands.add_parser(
+        "reconcile", help="rebuild a sale's Redis state from PostgreSQL (default: current sale)"
+    )
+    rebuild.add_argument("--sale-id", type=int, help="the sale to rebuild (default: running)")
+    rebuild.add_argument(
+        "--check",
+        action="store_true",
+        help="only report differences; exit 1 when there are any",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"notsale: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "reconcile":
+        return asyncio.run(reconcile(settings, args.sale_id, args.check))
+    else:
+        run_migrations(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""POST /purchase: redeem a code; answered 200 only once the purchase row is committed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Request, post
+from litestar.params import Parameter
+
+from notsale.api import params
+from notsale.api.errors import error_responses
+from notsale.api.models import PurchaseBody
+from notsale.catalog import item_name
+from notsale.engine.clock import current_sale
+from notsale.engine.codes import CODE_PATTERN, code_sale
+from notsale.errors import ErrorCode, NotsaleError
+from notsale.services import ServicesDep
+from notsale.store import queries
+from notsale.store.rows import PurchaseRow, ms_to_datetime
+
+
+def purchase_body(row: PurchaseRow) -> PurchaseBody:
+    return PurchaseBody(
+        sale_id=row.sale_id,
+        item_id=row.item_id,
+        user_id=row.user_id,
+        name=item_name(row.sale_id, row.item_id),
+        purchased_at=row.purchased_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+class PurchaseController(Controller):
+    path = "/purchase"
+    tags = ("sale",)
+
+    @post(
+        status_code=200,
+        summary="Buy the item a checkout code holds",
+        description="Safe to retry: a redeemed code answers the same body again.",
+        responses=error_responses(ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED),
+    )
+    async def purchase(
+        self,
+        request: Request,
+        services: ServicesDep,
+        code: Annotated[str | None, Parameter(description="the code POST /checkout gave")] = None,
+    ) -> PurchaseBody:
+        raw = params.single(request.query_params, "code")
+        if not CODE_PATTERN.fullmatch(raw):
+            raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
+        sale_id = code_sale(raw)
+        if sale_id is None or sale_id > current_sale(services.settings.sale_seconds):
+            raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
+        decision = await services.engine.purchase(sale_id, raw)
+        if decision.outcome is None:
+            row = PurchaseRow(
+                sale_id,
+                decision.item_id,
+                decision.user_id,
+                raw,
+                ms_to_datetime(decision.purchased_ms),
+            )
+            # Also on a repeat: the first answer may have been lost before its commit.
+            await services.writer.write_purchase(row)
+            return purchase_body(row)
+        if decision.outcome is ErrorCode.CODE_NOT_FOUND:
+            # Redis no longer knows the code (its sale's keys expired): PostgreSQL remembers.
+            stored = await queries.purchase_by_code(services.pool, raw)
+            if stored is not None:
+                return purchase_body(stored)
+            if await queries.code_was_issued(services.pool, raw):
+                raise NotsaleError(ErrorCode.CODE_EXPIRED)
+        raise NotsaleError(decision.outcome)

@@ -1,0 +1,146 @@
+"""The rows PostgreSQL keeps, and the batched COPY that writes them idempotently."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from notsale.engine.sale import EVENT_DECODER, OutboxEvent
+
+INT64_MAX = 2**63 - 1
+ASCII_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+
+ATTEMPT_COLUMNS = (
+    "id",
+    "sale_id",
+    "user_id",
+    "item_id",
+    "code",
+    "outcome",
+    "raw_query",
+    "attempted_at",
+)
+PURCHASE_COLUMNS = ("sale_id", "item_id", "user_id", "code", "purchased_at")
+
+# Each pooled connection gets these staging tables once. A batch is COPYed into them, then
+# moved with INSERT … ON CONFLICT DO NOTHING, so a row written twice (a replayed stream entry,
+# a retried purchase) is harmless; ON COMMIT DELETE ROWS empties them at every commit.
+STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS attempts_stage (LIKE checkout_attempts) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS purchases_stage (LIKE purchases) ON COMMIT DELETE ROWS;
+"""
+MOVE_ATTEMPTS = "INSERT INTO checkout_attempts SELECT * FROM attempts_stage ON CONFLICT DO NOTHING"
+MOVE_PURCHASES = "INSERT INTO purchases SELECT * FROM purchases_stage ON CONFLICT DO NOTHING"
+# Staged purchases whose item is already stored under another code: refused, never overwritten.
+CLASHING_PURCHASES = """
+SELECT s.code FROM purchases_stage s
+JOIN purchases p ON p.sale_id = s.sale_id AND p.item_id = s.item_id
+WHERE p.code <> s.code
+"""
+
+
+class AttemptRow(msgspec.Struct, frozen=True):
+    id: str
+    sale_id: int
+    user_id: str
+    item_id: int | None
+    code: str | None
+    outcome: str
+    raw_query: str | None
+    attempted_at: dt.datetime
+
+
+class PurchaseRow(msgspec.Struct, frozen=True):
+    sale_id: int
+    item_id: int
+    user_id: str
+    code: str
+    purchased_at: dt.datetime
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def int_or_none(raw: str) -> int | None:
+    """The integer a raw id spells in ASCII digits, as the API reads ids (not int()'s
+    underscores, spaces or other scripts' digits), if PostgreSQL's bigint can hold it."""
+    if not ASCII_INTEGER.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
+
+
+def storable(raw: str) -> str:
+    """Text PostgreSQL can keep: it refuses NUL and invalid UTF-8 (lone surrogates), and one
+    such value would fail its whole COPY batch again and again."""
+    return raw.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def attempt_row(row_id: str, sale_id: int, event: OutboxEvent) -> AttemptRow:
+    query = None if event.query is None else storable(event.query)
+    return AttemptRow(
+        row_id,
+        sale_id,
+        storable(event.user),
+        int_or_none(event.item),
+        event.code or None,
+        event.outcome,
+        query,
+        ms_to_datetime(int(event.time_ms)),
+    )
+
+
+def rows_from_entry(
+    sale_id: int, entry_id: str, payload: str | bytes
+) -> tuple[AttemptRow | None, PurchaseRow | None]:
+    """One outbox stream entry (see engine/sale.lua) as the row it logs."""
+    event = EVENT_DECODER.decode(payload)
+    if event.kind == "p":
+        at = ms_to_datetime(int(event.time_ms))
+        return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at)
+    return attempt_row(f"{sale_id}:{entry_id}", sale_id, event), None
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(STAGING_DDL)
+
+
+async def copy_rows(
+    conn: asyncpg.Connection,
+    attempts: Sequence[AttemptRow],
+    purchases: Sequence[PurchaseRow],
+    timeout: float,
+) -> set[str]:
+    """Write both batches in one transaction; returns the codes of clashing purchases."""
+    clashes: set[str] = set()
+    async with conn.transaction():
+        await _stage_and_move(
+            conn, "attempts_stage", ATTEMPT_COLUMNS, attempts, MOVE_ATTEMPTS, timeout
+        )
+        if await _stage_and_move(
+            conn, "purchases_stage", PURCHASE_COLUMNS, purchases, MOVE_PURCHASES, timeout
+        ):
+            clashes = {r["code"] for r in await conn.fetch(CLASHING_PURCHASES, timeout=timeout)}
+    return clashes
+
+
+async def _stage_and_move(
+    conn: asyncpg.Connection,
+    stage: str,
+    columns: tuple[str, ...],
+    rows: Sequence[msgspec.Struct],
+    move: str,
+    timeout: float,
+) -> bool:
+    """COPY rows into a staging table, then into their table; False if there were none."""
+    if not rows:
+        return False
+    records = [msgspec.structs.astuple(r) for r in rows]
+    await conn.copy_records_to_table(stage, records=records, columns=columns, timeout=timeout)
+    await conn.execute(move, timeout=timeout)
+    return True

@@ -1,0 +1,271 @@
+"""Real Redis and PostgreSQL for the tests: one database and one Redis DB index per run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import coredis
+import httpx
+import msgspec
+import pytest
+from coredis import PureToken
+from litestar.testing import AsyncTestClient
+
+from notsale.app import create_app
+from notsale.config import Settings
+from notsale.engine.sale import SaleEngine
+from notsale.store.migrations import migrate
+from notsale.store.pool import create_pool
+from notsale.store.reconcile import Reconciler
+
+BASE = Settings.from_env()
+# Redis DB indexes a test run may claim; index 0 is left to the service's default.
+REDIS_DB_INDEXES = range(1, 15)  # 15 is bench/run.py's
+CLAIM_TTL_S = 3600
+# Small numbers so a test can sell out a sale; tests override what they need.
+TEST_SETTINGS = {"sale_size": 20, "user_limit": 3, "hold_seconds": 60, "workers": 2}
+
+
+def with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+class Stores(msgspec.Struct):
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+async def stores() -> AsyncIterator[Stores]:
+    """Creates this run's database (migrated) and claims a free Redis DB index."""
+    run = f"notsale_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(BASE.database_url)
+    await admin.execute(f'CREATE DATABASE "{run}"')
+    database_url = with_path(BASE.database_url, "/" + run)
+    await migrate(database_url)
+    claim_url = with_path(BASE.redis_url, "/0")
+    # coredis clients are entered and left within one task, so each step opens its own.
+    async with coredis.Redis.from_url(claim_url) as claims:
+        for index in REDIS_DB_INDEXES:
+            claim = f"notsale:test-claim:{index}"
+            if await claims.set(claim, run, condition=PureToken.NX, ex=CLAIM_TTL_S):
+                break
+        else:
+            pytest.fail("no free Redis DB index for this test run")
+    redis_url = with_path(BASE.redis_url, f"/{index}")
+    try:
+        yield Stores(database_url, redis_url)
+    finally:
+        async with coredis.Redis.from_url(redis_url) as redis:
+            await redis.flushdb()
+        async with coredis.Redis.from_url(claim_url) as claims:
+            await claims.delete([claim])
+        await admin.execute(f'DROP DATABASE IF EXISTS "{run}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this run's database, emptied (with Redis) before the test."""
+    conn = await asyncpg.connect(stores.database_url)
+    await conn.execute("TRUNCATE checkout_attempts, purchases")
+    async with coredis.Redis.from_url(stores.redis_url) as redis:
+        await redis.flushdb()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def make_settings(stores: Stores) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values = {
+            "database_url": stores.database_url,
+            "redis_url": stores.redis_url,
+            **TEST_SETTINGS,
+            **overrides,
+        }
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def open_engine(settings: Settings) -> AsyncIterator[SaleEngine]:
+    """A sale engine as a worker has it (rebuilding unready sales from PostgreSQL).
+    Not a fixture: a coredis client is entered and left in one task."""
+    pool = await create_pool(settings.database_url)
+    try:
+        async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+            reconciler = Reconciler(redis, pool, settings)
+            yield SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+    finally:
+        await pool.close()
+
+
+async def wait_for(probe: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
+    """Poll an async probe until it returns `expected` (rows arrive within the flush interval)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value == expected or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server(msgspec.Struct):
+    """A real `notsale serve` (granian, several workers) running as a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: str
+
+
+def spawn_server(env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "notsale", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test can signal every worker
+        )
+
+
+def log_tail(log_path: str, chars: int = 4000) -> str:
+    with open(log_path, errors="replace") as log:
+        return log.read()[-chars:]
+
+
+# A server must answer /health within this long after its start, or the test fails.
+SERVER_START_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+async def serve(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection, tmp_path: Any
+) -> AsyncIterator[Callable[..., Any]]:
+    """Starts servers with the given settings overrides; stops them after the test."""
+    started: list[Server] = []
+
+    async def start(**overrides: Any) -> Server:
+        settings = make_settings(port=free_port(), **overrides)
+        env = {
+            **os.environ,
+            **{
+                "NOTSALE_" + name.upper(): str(getattr(settings, name))
+                for name in Settings.__struct_fields__
+            },
+        }
+        log_path = str(tmp_path / f"server-{len(started)}.log")
+        process = spawn_server(env, log_path)
+        server = Server(process, f"http://{settings.host}:{settings.port}", log_path)
+        started.append(server)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        return server
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        pytest.fail(f"server did not become healthy:\n{log_tail(log_path)}")
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGTERM)
+            try:
+                server.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait()
+
+
+class Throwaway:
+    """Redis and PostgreSQL servers of a test's own (via scripts/services), to stop at will.
+    The machine's shared servers are never stopped."""
+
+    def __init__(self, state_dir: str, redis_url: str, database_url: str) -> None:
+        self.state_dir, self.redis_url, self.database_url = state_dir, redis_url, database_url
+
+    def services(self, *args: str) -> None:
+        env = {
+            **os.environ,
+            "NOTSALE_SERVICES_DIR": self.state_dir,
+            "PYTHON": sys.executable,
+            "NOTSALE_REDIS_URL": self.redis_url,
+            "NOTSALE_DATABASE_URL": self.database_url,
+        }
+        done = subprocess.run(
+            [str(REPO / "scripts" / "services"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def throwaway(stores: Stores) -> Iterator[Callable[..., Throwaway]]:
+    """make(redis=True) gives a private Redis (and the run's PostgreSQL); make(postgres=True)
+    a private PostgreSQL (and the run's Redis). Both are stopped after the test."""
+    made: list[Throwaway] = []
+
+    def make(*, redis: bool = False, postgres: bool = False) -> Throwaway:
+        # PostgreSQL runs as an unprivileged user: its folder must be reachable by it.
+        state_dir = tempfile.mkdtemp(prefix="notsale-services-")
+        os.chmod(state_dir, 0o755)
+        redis_url = f"redis://127.0.0.1:{free_port()}/0" if redis else stores.redis_url
+        database_url = (
+            f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+            if postgres
+            else stores.database_url
+        )
+        made.append(Throwaway(state_dir, redis_url, database_url))
+        made[-1].services("up")
+        return made[-1]
+
+    yield make
+    for servers in made:
+        servers.services("down")
+        shutil.rmtree(servers.state_dir, ignore_errors=True)

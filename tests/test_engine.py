@@ -1,0 +1,51 @@
+"""The sale engine's Redis side: scripts by SHA, Redis' clock, keys that expire."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from notsale.config import Settings
+from notsale.engine import sale as sale_module
+from notsale.engine.clock import current_sale, now_ms, sale_window
+from notsale.engine.sale import KEEP_AFTER_SALE_MS, sale_keys
+from tests.conftest import open_engine
+
+
+async def test_scripts_reload_after_redis_forgets_them(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    async with open_engine(settings) as engine:
+        assert (await engine.checkout("amy", 1)).outcome is None
+        await engine.redis.script_flush()
+        assert (await engine.checkout("amy", 2)).outcome is None
+
+
+async def test_sale_keys_expire_after_their_sale_ends(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    async with open_engine(settings) as engine:
+        decision = await engine.checkout("amy", 1)
+        await engine.checkout("bob", 2)  # a hold that stays, so every key of the sale exists
+        await engine.purchase(decision.sale_id, decision.code)
+        expected_ms = sale_window(decision.sale_id, settings.sale_seconds).ends_ms
+        expected_ms += KEEP_AFTER_SALE_MS
+        for key in sale_keys(decision.sale_id)[:5]:
+            ttl_ms = await engine.redis.pttl(key)
+            assert abs(now_ms() + ttl_ms - expected_ms) < 2000, key
+
+
+async def test_all_keys_of_a_sale_share_one_hash_tag() -> None:
+    tags = {key[: key.index("}") + 1] for key in sale_keys(42)}
+    assert tags == {"{sale:42}"}
+
+
+async def test_redis_clock_decides_the_sale_when_the_worker_clock_is_off(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = current_sale(settings.sale_seconds)
+    monkeypatch.setattr(sale_module, "current_sale", lambda _seconds: real - 1)
+    async with open_engine(settings) as engine:
+        decision = await engine.checkout("amy", 1)
+    assert decision.outcome is None and decision.sale_id == real
+    assert decision.code.endswith(str(real))

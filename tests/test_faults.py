@@ -1,0 +1,118 @@
+"""Killing workers and stopping the server: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import coredis
+import httpx
+
+from notsale.config import Settings
+from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
+from tests.conftest import Server, wait_for
+
+SALE_SIZE = 60
+BUYERS = 120
+BURST_S = 3.0
+# Rows of a killed worker are written by another after its entries sat idle this long.
+CLAIM_WAIT_S = CLAIM_IDLE_MS / 1000 + 2 * CLAIM_EVERY_S + 5
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.sent = 0  # checkout requests sent
+        self.answered = 0  # checkout requests that got an HTTP answer
+        self.purchased: set[str] = set()  # codes whose purchase was answered 200
+        self.unexpected: list[str] = []
+
+
+async def buyer(http: httpx.AsyncClient, user: str, tally: Tally, stop: asyncio.Event) -> None:
+    rng = random.Random(user)
+    while not stop.is_set():
+        tally.sent += 1
+        try:
+            response = await http.post(
+                "/checkout", params={"user_id": user, "id": rng.randint(1, SALE_SIZE)}
+            )
+            tally.answered += 1
+            if response.status_code == 200:
+                code = response.json()["code"]
+                bought = await http.post("/purchase", params={"code": code})
+                if bought.status_code == 200:
+                    tally.purchased.add(code)
+            elif response.status_code not in (409, 429, 503):
+                tally.unexpected.append(f"{response.status_code} {response.text}")
+        except httpx.TransportError:
+            pass  # the worker holding this connection was killed: an unknown outcome
+
+
+def workers_of(server: Server) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    return [int(pid) for pid in found]
+
+
+async def assert_nothing_lost(db: asyncpg.Connection, settings: Settings, tally: Tally) -> None:
+    async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+
+        async def waiting() -> int:
+            return sum([await redis.xlen(key) for key in await redis.keys("*:outbox")])
+
+        # An entry leaves the outbox only after its row is committed, so once every outbox
+        # is empty PostgreSQL holds all there will be. A killed worker's entries (answered
+        # or not) are written by another after they sat idle, within CLAIM_WAIT_S.
+        assert await wait_for(waiting, 0, timeout=CLAIM_WAIT_S) == 0, "outbox still holds entries"
+    # A request cut off with its worker may or may not have been decided, so the rows lie
+    # between the answered and the sent checkouts.
+    rows = await db.fetchval("SELECT count(*) FROM checkout_attempts")
+    assert tally.answered <= rows <= tally.sent
+    codes = {r["code"] for r in await db.fetch("SELECT code FROM purchases")}
+    assert tally.purchased <= codes
+    assert tally.unexpected == []
+
+
+async def burst(server: Server, tally: Tally, midway: Callable[[], object] = lambda: None) -> None:
+    """BUYERS buy for BURST_S seconds; `midway` is done half-way through."""
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        crowd = [asyncio.create_task(buyer(http, f"b{n}", tally, stop)) for n in range(BUYERS)]
+        await asyncio.sleep(BURST_S / 2)
+        midway()
+        await asyncio.sleep(BURST_S / 2)
+        stop.set()
+        await asyncio.gather(*crowd)
+
+
+async def test_worker_killed_mid_burst_loses_nothing(
+    serve: Callable[..., Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    server = await serve(sale_size=SALE_SIZE, user_limit=5, workers=2)
+    tally = Tally()
+    victim = workers_of(server)[0]
+    await burst(server, tally, midway=lambda: os.kill(victim, signal.SIGKILL))
+    assert tally.answered > 100 and victim not in workers_of(server)
+    await assert_nothing_lost(db, settings, tally)
+
+
+async def test_sigterm_drains_everything_and_exits_in_bounded_time(
+    serve: Callable[..., Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    server = await serve(sale_size=SALE_SIZE, user_limit=5, workers=2)
+    tally = Tally()
+    await burst(server, tally)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.process.wait, 20) == 0
+    assert time.monotonic() - started < 20
+    # The server is gone: what is in PostgreSQL now is all there will ever be.
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == tally.answered
+    await assert_nothing_lost(db, settings, tally)

@@ -1,0 +1,97 @@
+"""A store goes away mid-sale and comes back: bounded 503s, no lie, no loss, self-healing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from litestar.testing import AsyncTestClient
+
+from notsale.app import create_app
+from notsale.config import Settings
+from notsale.store.migrations import migrate
+from tests.conftest import Throwaway, wait_for
+from tests.test_api import assert_error, checkout, purchase
+
+# An outage is answered within this long: bounded waits, never a hang.
+OUTAGE_ANSWER_S = 6.0
+
+
+async def timed(request: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+async def test_postgres_outage_checkouts_go_on_purchases_503_then_everything_is_written(
+    throwaway: Callable[..., Throwaway],
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,  # empties the run's Redis, which this test shares
+) -> None:
+    servers = throwaway(postgres=True)
+    await migrate(servers.database_url)
+    settings = make_settings(database_url=servers.database_url)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await checkout(client, "ann", 1)).status_code == 200
+        await asyncio.to_thread(servers.services, "down", "postgres")
+        # Redis still decides checkouts; their attempts wait in the outbox.
+        held = await checkout(client, "bea", 2)
+        assert held.status_code == 200
+        code = held.json()["code"]
+        # No 200 without a commit: the purchase is refused, in bounded time. Redis keeps it
+        # decided, and the flusher writes it once PostgreSQL is back.
+        response, took = await timed(purchase(client, code))
+        assert_error(response, 503, "unavailable")
+        assert took < OUTAGE_ANSWER_S
+        health = await client.get("/health")
+        assert health.status_code == 503 and health.json()["postgres"] == "down"
+        await asyncio.to_thread(servers.services, "up")
+
+        async def retried() -> int:
+            return int((await purchase(client, code)).status_code)
+
+        assert await wait_for(retried, 200) == 200
+        conn = await asyncpg.connect(servers.database_url)
+        try:
+
+            async def attempts() -> int:
+                return int(await conn.fetchval("SELECT count(*) FROM checkout_attempts"))
+
+            assert await wait_for(attempts, 2) == 2
+            rows = await conn.fetch("SELECT item_id, user_id, code FROM purchases")
+            assert [tuple(r) for r in rows] == [(2, "bea", code)]
+        finally:
+            await conn.close()
+
+
+async def test_redis_outage_is_a_quick_503_and_the_service_heals_when_it_returns(
+    throwaway: Callable[..., Throwaway],
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    servers = throwaway(redis=True)
+    settings = make_settings(redis_url=servers.redis_url)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        code = (await checkout(client, "cid", 1)).json()["code"]
+        assert (await purchase(client, code)).status_code == 200
+        await asyncio.to_thread(servers.services, "down", "redis")
+        response, took = await timed(checkout(client, "dot", 2))
+        assert_error(response, 503, "unavailable")
+        assert took < OUTAGE_ANSWER_S
+        health = await client.get("/health")
+        assert health.status_code == 503
+        assert health.json() == {"status": "degraded", "redis": "down", "postgres": "ok"}
+        # It comes back empty (no persistence): the sale is rebuilt from PostgreSQL.
+        await asyncio.to_thread(servers.services, "up")
+
+        async def item_one() -> int:
+            return int((await checkout(client, "dot", 1)).status_code)
+
+        assert await wait_for(item_one, 409) == 409
+        assert (await checkout(client, "dot", 2)).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+    outcomes = await db.fetch("SELECT outcome FROM checkout_attempts WHERE user_id = 'dot'")
+    assert "unavailable" in {r["outcome"] for r in outcomes}

@@ -1,0 +1,102 @@
+"""Redis loses a sale's data: PostgreSQL's purchases rebuild it, and nothing sells twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import coredis
+from litestar.testing import AsyncTestClient
+
+from notsale.config import Settings
+from notsale.engine.clock import current_sale
+from notsale.store.flusher import GROUP
+from tests.test_api import assert_error, checkout, purchase
+
+Client = AsyncTestClient[Any]
+
+
+async def flush_redis(settings: Settings) -> None:
+    async with coredis.Redis.from_url(settings.redis_url) as redis:
+        await redis.flushdb()
+
+
+def notsale_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "NOTSALE_REDIS_URL": settings.redis_url,
+        "NOTSALE_DATABASE_URL": settings.database_url,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "notsale", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_checkout_after_redis_lost_its_data_sees_the_stored_purchases(
+    client: Client, settings: Settings
+) -> None:
+    for item in (1, 2, 3):
+        code = (await checkout(client, "kim", item)).json()["code"]
+        assert (await purchase(client, code)).status_code == 200
+    await flush_redis(settings)
+    assert_error(await checkout(client, "lee", 2), 409, "item_sold")
+    assert_error(await checkout(client, "kim", 4), 429, "user_limit")
+    sale = (await client.get("/sales/current")).json()
+    assert (sale["sold"], sale["remaining"]) == (3, 17)
+    # A purchase retried after the loss still answers the same, from PostgreSQL.
+    assert (await purchase(client, code)).json()["item_id"] == 3
+
+
+async def test_reads_after_redis_lost_its_data_show_the_stored_sale(
+    client: Client, settings: Settings
+) -> None:
+    code = (await checkout(client, "rae", 4)).json()["code"]
+    sale_id = (await purchase(client, code)).json()["sale_id"]
+    await flush_redis(settings)
+    sale = (await client.get("/sales/current")).json()
+    assert (sale["sold"], sale["held"], sale["remaining"]) == (1, 0, 19)
+    item = (await client.get(f"/sales/{sale_id}/items/4")).json()
+    assert item["status"] == "sold"
+
+
+async def test_reconcile_check_reports_differences_and_reconcile_repairs_them(
+    client: Client, settings: Settings
+) -> None:
+    code = (await checkout(client, "max", 7)).json()["code"]
+    await purchase(client, code)
+    assert notsale_cli(settings, "reconcile", "--check").returncode == 0
+    await flush_redis(settings)
+    check = notsale_cli(settings, "reconcile", "--check")
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "missing_in_redis: item 7 (bought by max)" in check.stdout
+    assert "user_count: max: PostgreSQL 1, Redis 0" in check.stdout
+    repair = notsale_cli(settings, "reconcile")
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert "1 purchases restored" in repair.stdout
+    assert notsale_cli(settings, "reconcile", "--check").returncode == 0
+    assert_error(await checkout(client, "ned", 7), 409, "item_sold")
+
+
+async def test_reconcile_writes_outbox_entries_left_pending(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    # No server runs: these entries stand for decisions whose worker died before its flush.
+    sale_id = current_sale(settings.sale_seconds)
+    async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+        stream = f"{{sale:{sale_id}}}:outbox"
+        await redis.xgroup_create(stream, GROUP, "0", mkstream=True)
+        for user in ("olga", "pat"):
+            await redis.xadd(stream, {"e": f'["c","{user}","6","item_held","","1795482486613"]'})
+        # One was read by a consumer that then died: it sits in that consumer's pending list.
+        await redis.xreadgroup(GROUP, "dead-worker", streams={stream: ">"}, count=1)
+    repair = notsale_cli(settings, "reconcile", "--sale-id", str(sale_id))
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    users = await db.fetch("SELECT user_id FROM checkout_attempts ORDER BY user_id")
+    assert [r["user_id"] for r in users] == ["olga", "pat"]

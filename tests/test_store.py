@@ -1,0 +1,124 @@
+"""PostgreSQL side: migrations, idempotent COPY batches, the outbox flusher."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+
+import asyncpg
+
+from notsale.config import Settings
+from notsale.engine.clock import current_sale
+from notsale.store.flusher import GROUP, Flusher
+from notsale.store.migrations import migrate
+from notsale.store.pool import create_pool
+from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows
+from tests.conftest import BASE, open_engine, with_path
+
+NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+
+
+async def test_concurrent_migrations_apply_each_file_once() -> None:
+    name = f"notsale_migrate_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(BASE.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_path(BASE.database_url, "/" + name)
+        results = await asyncio.gather(*(migrate(url) for _ in range(3)))
+        assert sorted(len(r) for r in results) == [0, 0, 1]
+        assert await migrate(url) == []
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await conn.fetchval("SELECT to_regclass('purchases') IS NOT NULL")
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_writing_the_same_rows_twice_is_harmless(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    attempt = AttemptRow("7:1-0", 7, "u", 3, "c0de", "ok", None, NOW)
+    purchase = PurchaseRow(7, 3, "u", "c0de", NOW)
+    pool = await create_pool(settings.database_url)
+    try:
+        async with pool.acquire() as conn:
+            assert await copy_rows(conn, [attempt, attempt], [purchase, purchase], 5) == set()
+            assert await copy_rows(conn, [attempt], [purchase], 5) == set()
+            # The same item under another code is refused and reported, never overwritten.
+            clash = PurchaseRow(7, 3, "v", "other", NOW)
+            assert await copy_rows(conn, [], [clash], 5) == {"other"}
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
+    assert await db.fetch("SELECT user_id, code FROM purchases") == [("u", "c0de")]
+
+
+async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(settings.database_url)
+    async with open_engine(settings) as engine:
+        redis = engine.redis
+        decision = await engine.checkout("zoe", 5)
+        await engine.checkout("yan", 5)
+        await engine.purchase(decision.sale_id, decision.code)
+        flusher = Flusher(redis, pool, settings)
+        written = 0
+        while (n := await flusher.flush_once(block_ms=10)) or not written:
+            written += n
+        assert written == 3
+        key = f"{{sale:{decision.sale_id}}}:outbox"
+        assert await redis.xlen(key) == 0
+        pending = await redis.xpending(key, GROUP)
+        assert pending.pending == 0
+    await pool.close()
+    outcomes = await db.fetch("SELECT user_id, outcome FROM checkout_attempts ORDER BY id")
+    assert sorted(tuple(r) for r in outcomes) == [("yan", "item_held"), ("zoe", "ok")]
+    assert await db.fetchval("SELECT user_id FROM purchases") == "zoe"
+
+
+async def test_flushers_of_several_workers_share_a_new_stream(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(settings.database_url)
+    async with open_engine(settings) as engine:
+        redis = engine.redis
+        flushers = [Flusher(redis, pool, settings) for _ in range(3)]
+        for n, flusher in enumerate(flushers):
+            flusher.consumer += f"-{n}"  # one process here, several workers in production
+        # All of them meet the new sale's stream at once; each must keep flushing.
+        counts = await asyncio.gather(*(f.flush_once(block_ms=10) for f in flushers))
+        assert counts == [0, 0, 0]
+        for item in range(1, 7):
+            await engine.checkout(f"u{item}", item)
+        written = await asyncio.gather(*(f.flush_once(block_ms=10) for f in flushers))
+        assert sum(written) == 6
+    await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 6
+
+
+async def test_entries_left_pending_by_a_dead_flusher_are_claimed_and_written(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(settings.database_url)
+    async with open_engine(settings) as engine:
+        redis = engine.redis
+        survivor = Flusher(redis, pool, settings, claim_idle_ms=200)
+        await survivor.flush_once(block_ms=1)  # creates the group
+        for item in (1, 2, 3):
+            await engine.checkout(f"u{item}", item)
+        key = f"{{sale:{current_sale(settings.sale_seconds)}}}:outbox"
+        # A worker reads the entries, then dies before writing and acknowledging them.
+        await redis.xreadgroup(GROUP, "dead", streams={key: ">"}, count=10)
+        assert await survivor.flush_once(block_ms=1) == 0  # not idle long enough yet
+        await asyncio.sleep(0.3)
+        survivor._next_claim = 0  # its next batch looks for silent flushers' entries
+        assert await survivor.flush_once(block_ms=1) == 3
+        assert await redis.xlen(key) == 0
+    await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 3
