@@ -16,7 +16,7 @@ from notsale import __version__
 from notsale.api.checkout import CheckoutController
 from notsale.api.errors import EXCEPTION_HANDLERS
 from notsale.api.health import HealthController
-from notsale.api.openapi import document_raw_parameters
+from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.purchase import PurchaseController
 from notsale.api.sales import SalesController
 from notsale.api.users import UsersController
@@ -25,7 +25,7 @@ from notsale.engine.clock import current_sale
 from notsale.engine.sale import SaleEngine
 from notsale.errors import NotsaleError
 from notsale.logs import setup_logging
-from notsale.services import Services
+from notsale.services import Services, services_from_state
 from notsale.store.flusher import Flusher
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
@@ -48,10 +48,9 @@ MAX_BODY_BYTES = 16 * 1024
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     setup_logging()
-    holder: dict[str, Services] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(served: Litestar) -> AsyncIterator[None]:
         redis: coredis.Redis[str] = coredis.Redis.from_url(
             settings.redis_url,
             decode_responses=True,
@@ -71,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stack.push_async_callback(flusher.close)
             reconciler = Reconciler(redis, pool, settings)
             engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
-            holder["services"] = Services(settings, redis, engine, pool, writer, flusher)
+            served.state.services = Services(settings, redis, engine, pool, writer, flusher)
             try:
                 # Before the first request: rebuild the running sale if Redis lost it.
                 await reconciler.ensure_ready(current_sale(settings.sale_seconds))
@@ -96,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UsersController,
             HealthController,
         ],
-        dependencies={"services": Provide(lambda: holder["services"], sync_to_thread=False)},
+        dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         request_max_body_size=MAX_BODY_BYTES,
@@ -107,5 +106,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="A flash sale: checkout holds an item, purchase buys it.",
         ),
     )
+    document_hot_routes(app)
     document_raw_parameters(app.openapi_schema)
     return app

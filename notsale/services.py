@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import asyncpg
 import coredis
+from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.types import Scope
 
 from notsale.config import Settings
 from notsale.engine.sale import SaleEngine
@@ -27,3 +30,13 @@ class Services:
 
 # How a handler asks for them: `services: ServicesDep` (Litestar injects by name).
 ServicesDep: TypeAlias = NamedDependency[Services]
+
+
+def services_from_state(state: State) -> Services:
+    """The dependency provider: the lifespan keeps the worker's Services in the app state."""
+    return cast(Services, state.services)
+
+
+def services_of(scope: Scope) -> Services:
+    """The same, for the `asgi` route handlers, which take no dependencies."""
+    return services_from_state(Litestar.from_scope(scope).state)

@@ -67,17 +67,22 @@ EXCEPTION_HANDLERS = {
 }
 
 
-def error_responses(*codes: ErrorCode) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error codes a route can answer, grouped by status."""
+def error_groups(*codes: ErrorCode) -> dict[int, str]:
+    """The error codes a route can answer (plus the two every route can), as one description
+    per status, for the OpenAPI document."""
     by_status: dict[int, list[ErrorCode]] = {}
     for code in (*codes, ErrorCode.INVALID_REQUEST, ErrorCode.UNAVAILABLE):
         if code not in by_status.setdefault(STATUS[code], []):
             by_status[STATUS[code]].append(code)
     return {
-        status: ResponseSpec(
-            data_container=ErrorBody,
-            generate_examples=False,
-            description="; ".join(f"`{c.value}`: {DEFAULT_DETAIL[c].rstrip('.')}" for c in group),
-        )
+        status: "; ".join(f"`{c.value}`: {DEFAULT_DETAIL[c].rstrip('.')}" for c in group)
         for status, group in sorted(by_status.items())
+    }
+
+
+def error_responses(*codes: ErrorCode) -> dict[int, ResponseSpec]:
+    """A Litestar route handler's `responses` for the error codes it can answer."""
+    return {
+        status: ResponseSpec(data_container=ErrorBody, generate_examples=False, description=text)
+        for status, text in error_groups(*codes).items()
     }

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from litestar import Controller, Request, post
-from litestar.params import Parameter
+from litestar import Controller, asgi
+from litestar.types import Receive, Scope, Send
 
 from notsale.api import params
-from notsale.api.errors import error_responses
 from notsale.api.models import PurchaseBody
+from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
+from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import item_name
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import CODE_PATTERN, code_sale
 from notsale.errors import ErrorCode, NotsaleError
-from notsale.services import ServicesDep
+from notsale.services import services_of
 from notsale.store import queries
 from notsale.store.rows import PurchaseRow, ms_to_datetime
 
@@ -29,23 +28,24 @@ def purchase_body(row: PurchaseRow) -> PurchaseBody:
     )
 
 
+PURCHASE_DOC = HotRouteDoc(
+    tag="sale",
+    summary="Buy the item a checkout code holds",
+    description="Safe to retry: a redeemed code answers the same body again.",
+    parameters=(query("code", CODE, "the code POST /checkout gave"),),
+    body=PurchaseBody,
+    errors=(ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED),
+)
+
+
 class PurchaseController(Controller):
     path = "/purchase"
-    tags = ("sale",)
 
-    @post(
-        status_code=200,
-        summary="Buy the item a checkout code holds",
-        description="Safe to retry: a redeemed code answers the same body again.",
-        responses=error_responses(ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED),
-    )
-    async def purchase(
-        self,
-        request: Request,
-        services: ServicesDep,
-        code: Annotated[str | None, Parameter(description="the code POST /checkout gave")] = None,
-    ) -> PurchaseBody:
-        raw = params.single(request.query_params, "code")
+    # An `asgi` handler, the hot path (see notsale.api.raw).
+    @asgi(copy_scope=False, opt={OPENAPI_OPT: PURCHASE_DOC})
+    async def purchase(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = params.single(post_query(scope), "code")
+        services = services_of(scope)
         if not CODE_PATTERN.fullmatch(raw):
             raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
         sale_id = code_sale(raw)
@@ -62,12 +62,15 @@ class PurchaseController(Controller):
             )
             # Also on a repeat: the first answer may have been lost before its commit.
             await services.writer.write_purchase(row)
-            return purchase_body(row)
-        if decision.outcome is ErrorCode.CODE_NOT_FOUND:
+            await send_body(send, purchase_body(row))
+            return
+        outcome = decision.outcome
+        if outcome is ErrorCode.CODE_NOT_FOUND:
             # Redis no longer knows the code (its sale's keys expired): PostgreSQL remembers.
             stored = await queries.purchase_by_code(services.pool, raw)
             if stored is not None:
-                return purchase_body(stored)
+                await send_body(send, purchase_body(stored))
+                return
             if await queries.code_was_issued(services.pool, raw):
-                raise NotsaleError(ErrorCode.CODE_EXPIRED)
-        raise NotsaleError(decision.outcome)
+                outcome = ErrorCode.CODE_EXPIRED
+        await send_refusal(send, outcome)
