@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import re
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -52,6 +53,8 @@ class Shared:
     finished: ClassVar[int] = 0  # pairs over, bought or failed
     sale_id: ClassVar[int | None] = None
     bought: ClassVar[set[tuple[int, str]]] = set()
+    first_started: ClassVar[float | None] = None  # full mode: when the first pair began
+    last_finished: ClassVar[float] = 0.0
 
 
 # Think time of a sim buyer between two requests, in seconds.
@@ -82,10 +85,13 @@ class Buyer(FastHttpUser):
         n = next(Shared.pairs)
         if n >= opts.pairs:
             raise StopUser()
+        if Shared.first_started is None:
+            Shared.first_started = time.monotonic()
         try:
             self.one_pair(n, opts)
         finally:
             Shared.finished += 1
+            Shared.last_finished = time.monotonic()
             if Shared.finished == opts.pairs:
                 # The last pair is in: end the run, from a greenlet of its own (quit() kills
                 # every user's greenlet, this one included).
@@ -177,8 +183,10 @@ def verify_full_run(environment: Any, **_: Any) -> None:
         missing = Shared.bought - stored
         if missing:
             problems.append(f"{len(missing)} purchases answered 200 are not in PostgreSQL")
+    took = Shared.last_finished - (Shared.first_started or Shared.last_finished)
     print(
-        f"full mode: {Shared.done} pairs bought in sale {Shared.sale_id}; "
+        f"full mode: {Shared.done} pairs bought in sale {Shared.sale_id} in {took:.2f} s "
+        f"({Shared.done / took if took else 0:.0f} pairs/s, first request to last answer); "
         + ("verified: API and PostgreSQL agree" if not problems else "PROBLEMS:")
     )
     for problem in problems:

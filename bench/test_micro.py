@@ -16,7 +16,7 @@ from notsale.catalog import item_name
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
 from notsale.engine.sale import EVENT_DECODER, sale_keys
-from notsale.store.rows import AttemptRow, copy_rows
+from notsale.store.rows import AttemptRow, copy_rows, insert_rows
 
 BATCH = 100
 COUNTER = itertools.count()
@@ -78,8 +78,10 @@ def test_item_name_uncached(benchmark: Any) -> None:
     benchmark(lambda: item_name.__wrapped__(498745, next(counter)))
 
 
-@pytest.mark.parametrize("rows", [1_000, 10_000])
-def test_copy_attempts(benchmark: Any, runner: Runner, rows: int) -> None:
+@pytest.mark.parametrize("rows", [1, 100, 1_000, 10_000])
+@pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
+def test_write_attempts(benchmark: Any, runner: Runner, write: Any, rows: int) -> None:
+    """The two ways rows.write_rows stores a batch, at four sizes (where they cross)."""
     now = dt.datetime.now(dt.UTC)
 
     def batch() -> list[AttemptRow]:
@@ -89,9 +91,9 @@ def test_copy_attempts(benchmark: Any, runner: Runner, rows: int) -> None:
             for i in range(rows)
         ]
 
-    async def write(attempts: list[AttemptRow]) -> None:
+    async def store(attempts: list[AttemptRow]) -> None:
         async with runner.pool.acquire() as conn:
-            await copy_rows(conn, attempts, [], 30)
+            await write(conn, attempts, [], 30)
 
     benchmark.extra_info["rows"] = rows
-    benchmark.pedantic(lambda a: runner.run(write(a)), setup=lambda: ((batch(),), {}), rounds=5)
+    benchmark.pedantic(lambda a: runner.run(store(a)), setup=lambda: ((batch(),), {}), rounds=5)

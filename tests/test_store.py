@@ -1,19 +1,22 @@
-"""PostgreSQL side: migrations, idempotent COPY batches, the outbox flusher."""
+"""PostgreSQL side: migrations, idempotent batched writes, the outbox flusher."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import secrets
+from typing import Any
 
 import asyncpg
+import msgspec
+import pytest
 
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.flusher import GROUP, Flusher
 from notsale.store.migrations import migrate
 from notsale.store.pool import create_pool
-from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows
+from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows
 from tests.conftest import BASE, open_engine, with_path
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -39,23 +42,58 @@ async def test_concurrent_migrations_apply_each_file_once() -> None:
         await admin.close()
 
 
+@pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
 async def test_writing_the_same_rows_twice_is_harmless(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, write: Any
 ) -> None:
     attempt = AttemptRow("7:1-0", 7, "u", 3, "c0de", "ok", None, NOW)
     purchase = PurchaseRow(7, 3, "u", "c0de", NOW)
     pool = await create_pool(settings.database_url)
     try:
         async with pool.acquire() as conn:
-            assert await copy_rows(conn, [attempt, attempt], [purchase, purchase], 5) == set()
-            assert await copy_rows(conn, [attempt], [purchase], 5) == set()
-            # The same item under another code is refused and reported, never overwritten.
+            assert await write(conn, [attempt, attempt], [purchase, purchase], 5) == set()
+            assert await write(conn, [attempt], [purchase], 5) == set()
+            # The same item under another code is refused and reported, never overwritten,
+            # whether it was stored before or comes in the same batch.
             clash = PurchaseRow(7, 3, "v", "other", NOW)
-            assert await copy_rows(conn, [], [clash], 5) == {"other"}
+            assert await write(conn, [], [clash], 5) == {"other"}
+            first, second = PurchaseRow(7, 4, "u", "c1", NOW), PurchaseRow(7, 4, "v", "c2", NOW)
+            assert await write(conn, [], [first, second], 5) == {"c2"}
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
-    assert await db.fetch("SELECT user_id, code FROM purchases") == [("u", "c0de")]
+    assert await db.fetch("SELECT user_id, code FROM purchases ORDER BY item_id") == [
+        ("u", "c0de"),
+        ("u", "c1"),
+    ]
+
+
+@pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
+async def test_a_purchase_written_meanwhile_by_another_writer_is_no_clash(
+    settings: Settings, db: asyncpg.Connection, write: Any
+) -> None:
+    """The outbox flusher may store a purchase while its worker's group commit writes it: the
+    commit waits for the other transaction, then must see that row as the same purchase."""
+    purchase = PurchaseRow(7, 3, "u", "c0de", NOW)
+    pool = await create_pool(settings.database_url)
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        other_tx = other.transaction()
+        await other_tx.start()
+        await other.execute(
+            "INSERT INTO purchases VALUES ($1, $2, $3, $4, $5)",
+            *msgspec.structs.astuple(purchase),
+        )
+        async with pool.acquire() as conn:
+            writing = asyncio.create_task(write(conn, [], [purchase], 5))
+            await asyncio.sleep(0.3)
+            assert not writing.done()  # waiting on the other writer's row
+            await other_tx.commit()
+            assert await writing == set()
+    finally:
+        await other.close()
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM purchases") == 1
 
 
 async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(

@@ -1,4 +1,4 @@
-"""The outbox flusher: moves the decisions Redis logged into PostgreSQL, in COPY batches.
+"""The outbox flusher: moves the decisions Redis logged into PostgreSQL, in batches.
 
 Every worker runs one. They share a consumer group per sale stream, so each entry is written
 by one of them; an entry stays pending until its batch is committed, and only then is it
@@ -23,16 +23,16 @@ from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.engine.sale import REDIS_DOWN, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, rows_from_entry
+from notsale.store.rows import AttemptRow, PurchaseRow, rows_from_entry, write_rows
 
 log = logging.getLogger(__name__)
 
 GROUP = "flushers"
-# Up to this many entries per stream go into one COPY: large enough to keep up with a
+# Up to this many entries per stream go into one batch: large enough to keep up with a
 # stampede in a few commits a second, small enough to keep one transaction short.
 BATCH_MAX = 1000
 # After a batch that emptied the outbox, wait this long before reading again, so the next
-# COPY carries what arrived meanwhile. Measured under a stampede (bench/RESULTS.md): batches
+# write carries what arrived meanwhile. Measured under a stampede (bench/RESULTS.md): batches
 # of ~55 rows became a few hundred, PostgreSQL's share of the cores halved and throughput
 # rose ~15 %. Rows still reach PostgreSQL within about this long after their decision.
 SETTLE_S = 0.05
@@ -167,7 +167,7 @@ class Flusher:
         if not done:
             return 0
         async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-            clashes = await copy_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
+            clashes = await write_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
         if clashes:
             log.error("outbox purchases clash with stored ones", extra={"codes": sorted(clashes)})
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -22,7 +22,7 @@ import asyncpg
 
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows
+from notsale.store.rows import AttemptRow, PurchaseRow, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GroupCommit:
         outcome: set[str] | BaseException
         try:
             async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-                outcome = await copy_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
+                outcome = await write_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
         except PG_DOWN as exc:
             log.warning("group commit failed: PostgreSQL unreachable", extra={"error": repr(exc)})
             outcome = NotsaleError(ErrorCode.UNAVAILABLE)
