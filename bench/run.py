@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 
 import asyncpg
 import coredis
@@ -37,6 +38,12 @@ WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 WRK_COUNT = re.compile(r"(\d+) requests in")
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+# (label, wrk script, script arguments) of the notsale runs.
+MODES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("checkout (stampede, random items)", "checkout.lua", ()),
+    ("purchase (each waits for its commit)", "purchase.lua", ("200",)),
+    ("mix (checkout, then purchase on 200)", "mix.lua", ()),
+)
 
 
 def fresh_stores(base: Settings) -> tuple[str, str]:
@@ -163,6 +170,7 @@ def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, median kept")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--pairs", type=int, default=10_000, help="locust full mode pairs")
     parser.add_argument("--sim-users", type=int, default=1000)
@@ -199,20 +207,6 @@ def main() -> int:
     serve = [sys.executable, "-m", "notsale", "serve"]
     if opts.soak:
         return soak(opts.soak, opts.workers, serve, url, base)
-    rows: list[tuple[str, ...]] = []
-    with running([*granian, "bench.hello:app"], dict(os.environ), url):
-        hello = wrk(url, opts.seconds)
-    rows.append(
-        (
-            "hello-world (bare ASGI)",
-            f"{hello['rps']:.0f}",
-            "1.00",
-            f"{hello['p50']:.2f}",
-            f"{hello['p99']:.2f}",
-            "",
-            "",
-        )
-    )
 
     def notsale_env() -> dict[str, str]:
         database_url, redis_url = fresh_stores(base)
@@ -224,35 +218,44 @@ def main() -> int:
             "NOTSALE_REDIS_URL": redis_url,
         }
 
-    for label, script, args in (
-        ("checkout (stampede, random items)", "checkout.lua", ()),
-        ("purchase (each waits for its commit)", "purchase.lua", ("200",)),
-        ("mix (checkout, then purchase on 200)", "mix.lua", ()),
-    ):
+    def hello_run() -> dict[str, float]:
+        with running([*granian, "bench.hello:app"], dict(os.environ), url):
+            return wrk(url, opts.seconds)
+
+    def notsale_run(script: str, args: tuple[str, ...]) -> dict[str, float]:
         env = notsale_env()
         with running(serve, env, url + "/health") as server:
             got = wrk(url, opts.seconds, script, *args)
-            rss = worker_rss_mb(server)
+            got["rss"] = worker_rss_mb(server)
             # Only the checkout-only run knows how many attempts it made (wrk's count).
-            drain = (
-                f"{attempts_drain_s(env['NOTSALE_DATABASE_URL'], got['requests']):.2f}"
-                if script == "checkout.lua"
-                else ""
-            )
-        rows.append(
-            (
-                label,
-                f"{got['rps']:.0f}",
-                f"{got['rps'] / hello['rps']:.2f}",
-                f"{got['p50']:.2f}",
-                f"{got['p99']:.2f}",
-                f"{rss:.0f}",
-                drain,
-            )
+            if script == "checkout.lua":
+                got["drain"] = attempts_drain_s(env["NOTSALE_DATABASE_URL"], got["requests"])
+        return got
+
+    # Every run is repeated, the runs of one round back to back, and the median kept: on a
+    # shared 2-core machine one run can be off by half.
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(opts.repeat):
+        runs.setdefault("hello-world (bare ASGI)", []).append(hello_run())
+        for label, script, args in MODES:
+            runs.setdefault(label, []).append(notsale_run(script, args))
+    hello_rps = median(r["rps"] for r in runs["hello-world (bare ASGI)"])
+    rows = [
+        (
+            label,
+            f"{median(r['rps'] for r in got):.0f}",
+            f"{median(r['rps'] for r in got) / hello_rps:.2f}",
+            f"{median(r['p50'] for r in got):.2f}",
+            f"{median(r['p99'] for r in got):.2f}",
+            f"{max(r['rss'] for r in got):.0f}" if "rss" in got[0] else "",
+            f"{max(r['drain'] for r in got):.2f}" if "drain" in got[0] else "",
         )
+        for label, got in runs.items()
+    ]
 
     print(
-        f"\nwrk -t2 -c{CONNECTIONS} -d{opts.seconds}s, {opts.workers} granian workers, "
+        f"\nwrk -t2 -c{CONNECTIONS} -d{opts.seconds}s, median of {opts.repeat} runs, "
+        f"{opts.workers} granian workers, "
         f"{os.cpu_count()} cores shared with Redis, PostgreSQL and wrk\n"
     )
     print(
