@@ -14,8 +14,9 @@ import pytest
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.flusher import GROUP, Flusher
-from notsale.store.migrations import migrate
+from notsale.store.migrations import SQL_DIR, migrate
 from notsale.store.pool import create_pool
+from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows
 from tests.conftest import BASE, open_engine, with_path
 
@@ -28,12 +29,13 @@ async def test_concurrent_migrations_apply_each_file_once() -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = with_path(BASE.database_url, "/" + name)
+        files = len(list(SQL_DIR.glob("[0-9]*_*.sql")))
         results = await asyncio.gather(*(migrate(url) for _ in range(3)))
-        assert sorted(len(r) for r in results) == [0, 0, 1]
+        assert sorted(len(r) for r in results) == [0, 0, files]
         assert await migrate(url) == []
         conn = await asyncpg.connect(url)
         try:
-            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == files
             assert await conn.fetchval("SELECT to_regclass('purchases') IS NOT NULL")
         finally:
             await conn.close()
@@ -118,6 +120,37 @@ async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
     outcomes = await db.fetch("SELECT user_id, outcome FROM checkout_attempts ORDER BY id")
     assert sorted(tuple(r) for r in outcomes) == [("yan", "item_held"), ("zoe", "ok")]
     assert await db.fetchval("SELECT user_id FROM purchases") == "zoe"
+
+
+async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_outbox(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    bad = [
+        {"e": "not json"},
+        {"x": "no e field"},
+        {"e": '["c","u","5","not_an_outcome","","1795482486613"]'},  # PostgreSQL refuses it
+        {"e": '["c","u","5","item_sold","","99999999999999999999"]'},  # no such time
+    ]
+    pool = await create_pool(settings.database_url)
+    async with open_engine(settings) as engine:
+        redis = engine.redis
+        decision = await engine.checkout("zoe", 5)
+        key = f"{{sale:{decision.sale_id}}}:outbox"
+        bad_ids = [await redis.xadd(key, fields) for fields in bad]
+        await engine.checkout("yan", 6)
+        flusher = Flusher(redis, pool, settings)
+        assert await flusher.flush_once(block_ms=10) == 6  # one batch: all six acknowledged
+        assert await redis.xlen(key) == 0
+        found = await Reconciler(redis, pool, settings).differences(decision.sale_id)
+        assert [d.detail for d in found if d.what == "rejected"] == [
+            "4 outbox entries kept in outbox_rejects"
+        ]
+    await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 2
+    rejects = await db.fetch("SELECT stream, entry_id, payload FROM outbox_rejects")
+    assert sorted(r["entry_id"] for r in rejects) == sorted(bad_ids)
+    assert {r["stream"] for r in rejects} == {key}
+    assert {r["payload"] for r in rejects} == {msgspec.json.encode(f).decode() for f in bad}
 
 
 async def test_flushers_of_several_workers_share_a_new_stream(

@@ -3,7 +3,9 @@
 Every worker runs one. They share a consumer group per sale stream, so each entry is written
 by one of them; an entry stays pending until its batch is committed, and only then is it
 acknowledged and deleted. Entries left pending by a worker that died are claimed by another
-after CLAIM_IDLE_MS. Rows are keyed so that writing an entry twice is harmless.
+after CLAIM_IDLE_MS. Rows are keyed so that writing an entry twice is harmless. An entry that
+cannot become its row (it does not decode, or PostgreSQL refuses the row) is kept in
+outbox_rejects and acknowledged: one bad entry never blocks the ones behind it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,26 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import coredis
+import msgspec
 
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.engine.sale import REDIS_DOWN, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, rows_from_entry, write_rows
+from notsale.store.rows import (
+    ENTRY_UNREADABLE,
+    ROW_REFUSED,
+    AttemptRow,
+    PurchaseRow,
+    RejectRow,
+    rows_from_entry,
+    write_rejects,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,20 @@ DRAIN_TIMEOUT_S = 5.0
 # NOGROUP, or "the stream key no longer exists" while blocked: the stream vanished (Redis
 # restarted empty, keys flushed); its group is made anew.
 STREAM_GONE = (coredis.exceptions.StreamConsumerGroupError, coredis.exceptions.UnblockedError)
+
+
+class Logged(NamedTuple):
+    """An outbox entry and the row it logs."""
+
+    stream: str
+    entry_id: str
+    fields: dict[str, str]
+    attempt: AttemptRow | None
+    purchase: PurchaseRow | None
+
+
+def reject(stream: str, entry_id: str, fields: dict[str, str], exc: Exception) -> RejectRow:
+    return RejectRow(stream, entry_id, msgspec.json.encode(fields).decode(), repr(exc))
 
 
 def consumer_name() -> str:
@@ -148,8 +174,8 @@ class Flusher:
         if not self._backlog:
             reply = await self._read(streams.values(), ">", block_ms)
         by_key = {key: sale for sale, key in streams.items()}
-        attempts: list[AttemptRow] = []
-        purchases: list[PurchaseRow] = []
+        logged: list[Logged] = []
+        rejects: list[RejectRow] = []
         done: dict[str, list[str]] = {}
         for key, entries in (reply or {}).items():
             sale_id = by_key[key]
@@ -157,17 +183,23 @@ class Flusher:
                 done.setdefault(key, []).append(entry.identifier)
                 if not entry.field_values:
                     continue  # deleted while pending: nothing left to write, only to ack
-                attempt, purchase = rows_from_entry(
-                    sale_id, entry.identifier, entry.field_values["e"]
-                )
-                if attempt is not None:
-                    attempts.append(attempt)
-                if purchase is not None:
-                    purchases.append(purchase)
+                fields = entry.field_values
+                try:
+                    attempt, purchase = rows_from_entry(sale_id, entry.identifier, fields["e"])
+                except ENTRY_UNREADABLE as exc:
+                    rejects.append(reject(key, entry.identifier, fields, exc))
+                    continue
+                logged.append(Logged(key, entry.identifier, fields, attempt, purchase))
         if not done:
             return 0
         async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-            clashes = await write_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
+            clashes = await self._write(conn, logged, rejects)
+            if rejects:
+                await write_rejects(conn, rejects)
+                log.error(
+                    "outbox entries refused; kept in outbox_rejects",
+                    extra={"count": len(rejects), "first": rejects[0].error},
+                )
         if clashes:
             log.error("outbox purchases clash with stored ones", extra={"codes": sorted(clashes)})
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -175,6 +207,33 @@ class Flusher:
                 pipe.xack(key, GROUP, ids)
                 pipe.xdel(key, ids)
         return sum(len(ids) for ids in done.values())
+
+    async def _write(
+        self, conn: asyncpg.Connection, logged: list[Logged], rejects: list[RejectRow]
+    ) -> set[str]:
+        """Write the batch; if PostgreSQL refuses a row of it, write its rows one by one and
+        add the refused ones to `rejects`, so that one bad entry never blocks the outbox."""
+        try:
+            return await write_rows(
+                conn,
+                [e.attempt for e in logged if e.attempt is not None],
+                [e.purchase for e in logged if e.purchase is not None],
+                QUERY_TIMEOUT_S,
+            )
+        except ROW_REFUSED:
+            log.warning("a row of the batch was refused; writing them one by one")
+        clashes: set[str] = set()
+        for e in logged:
+            try:
+                clashes |= await write_rows(
+                    conn,
+                    [] if e.attempt is None else [e.attempt],
+                    [] if e.purchase is None else [e.purchase],
+                    QUERY_TIMEOUT_S,
+                )
+            except ROW_REFUSED as exc:
+                rejects.append(reject(e.stream, e.entry_id, e.fields, exc))
+        return clashes
 
     async def _read(self, keys: Iterable[str], start: str, block_ms: int | None) -> Any:
         return await self._redis.xreadgroup(

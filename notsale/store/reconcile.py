@@ -140,4 +140,13 @@ class Reconciler:
                 )
         if pending:
             found.append(Difference("outbox", f"{pending} decisions not yet in PostgreSQL"))
+        rejected = await self._pool.fetchval(
+            "SELECT count(*) FROM outbox_rejects WHERE stream = $1",
+            keys.outbox,
+            timeout=QUERY_TIMEOUT_S,
+        )
+        if rejected:
+            found.append(
+                Difference("rejected", f"{rejected} outbox entries kept in outbox_rejects")
+            )
         return found

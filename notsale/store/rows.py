@@ -85,6 +85,15 @@ class AttemptRow(msgspec.Struct, frozen=True):
     attempted_at: dt.datetime
 
 
+class RejectRow(msgspec.Struct, frozen=True):
+    """An outbox entry that could not be stored as its row (see sql/002_outbox_rejects.sql)."""
+
+    stream: str
+    entry_id: str
+    payload: str
+    error: str
+
+
 class PurchaseRow(msgspec.Struct, frozen=True):
     sale_id: int
     item_id: int
@@ -126,6 +135,10 @@ def attempt_row(row_id: str, sale_id: int, event: OutboxEvent) -> AttemptRow:
     )
 
 
+# What rows_from_entry raises for an entry that is not one sale.lua or the API writes.
+ENTRY_UNREADABLE = (KeyError, ValueError, OverflowError, OSError, msgspec.MsgspecError)
+
+
 def rows_from_entry(
     sale_id: int, entry_id: str, payload: str | bytes
 ) -> tuple[AttemptRow | None, PurchaseRow | None]:
@@ -135,6 +148,20 @@ def rows_from_entry(
         at = ms_to_datetime(int(event.time_ms))
         return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at)
     return attempt_row(f"{sale_id}:{entry_id}", sale_id, event), None
+
+
+# PostgreSQL's answer when a row itself is wrong (bad value, violated constraint), as opposed
+# to a failure of the moment: writing the same row again would fail again.
+ROW_REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
+INSERT_REJECTS = """
+INSERT INTO outbox_rejects (stream, entry_id, payload, error) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def write_rejects(conn: asyncpg.Connection, rejects: Sequence[RejectRow]) -> None:
+    rows = [(r.stream, r.entry_id, storable(r.payload), storable(r.error)) for r in rejects]
+    await conn.executemany(INSERT_REJECTS, rows)
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
