@@ -22,7 +22,16 @@ HEADER_READ_TIMEOUT_MS = 10_000
 
 
 def run_migrations(settings: Settings) -> None:
-    applied = asyncio.run(migrate(settings.database_url))
+    import asyncpg
+
+    from notsale.store.pool import PG_DOWN
+
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except (*PG_DOWN, asyncpg.PostgresError) as exc:
+        # One clear line for the operator instead of a traceback.
+        reason = f"{type(exc).__name__}: {exc}"
+        raise SystemExit(f"notsale: cannot migrate the database: {reason}") from None
     log.info("migrations done", extra={"applied": applied})
 
 

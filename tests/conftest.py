@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import coredis
@@ -29,7 +28,7 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.config import Settings
 from notsale.engine.sale import SaleEngine
-from notsale.store.migrations import migrate
+from notsale.store.migrations import migrate, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
 
@@ -41,11 +40,6 @@ CLAIM_TTL_S = 3600
 TEST_SETTINGS = {"sale_size": 20, "user_limit": 3, "hold_seconds": 60, "workers": 2}
 
 
-def with_path(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
 class Stores(msgspec.Struct):
     database_url: str
     redis_url: str
@@ -55,10 +49,9 @@ class Stores(msgspec.Struct):
 async def stores() -> AsyncIterator[Stores]:
     """Creates this run's database (migrated) and claims a free Redis DB index."""
     run = f"notsale_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(BASE.database_url)
-    await admin.execute(f'CREATE DATABASE "{run}"')
     database_url = with_path(BASE.database_url, "/" + run)
-    await migrate(database_url)
+    await migrate(database_url)  # creates the database
+    admin = await asyncpg.connect(BASE.database_url)
     claim_url = with_path(BASE.redis_url, "/0")
     # coredis clients are entered and left within one task, so each step opens its own.
     async with coredis.Redis.from_url(claim_url) as claims:

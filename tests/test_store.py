@@ -14,19 +14,18 @@ import pytest
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.flusher import GROUP, Flusher
-from notsale.store.migrations import SQL_DIR, migrate
+from notsale.store.migrations import SQL_DIR, migrate, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows
-from tests.conftest import BASE, open_engine, with_path
+from tests.conftest import BASE, open_engine
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
-async def test_concurrent_migrations_apply_each_file_once() -> None:
+async def test_concurrent_migrations_create_the_database_and_apply_each_file_once() -> None:
     name = f"notsale_migrate_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(BASE.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = with_path(BASE.database_url, "/" + name)
         files = len(list(SQL_DIR.glob("[0-9]*_*.sql")))
@@ -40,7 +39,7 @@ async def test_concurrent_migrations_apply_each_file_once() -> None:
         finally:
             await conn.close()
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -15,14 +16,46 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MIGRATION_LOCK_KEY = 0x6E6F7473616C65  # "notsale"
 
 
+# Where CREATE DATABASE is sent from when the configured database does not exist yet.
+MAINTENANCE_DATABASE = "postgres"
+CONNECT_TIMEOUT_S = 10
+
+
+def with_path(url: str, path: str) -> str:
+    """The URL with its path (a PostgreSQL database, a Redis DB index) replaced."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+async def connect_creating(dsn: str) -> asyncpg.Connection:
+    """Connects to the database of `dsn`, creating it first when the server lacks it."""
+    try:
+        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(
+        with_path(dsn, "/" + MAINTENANCE_DATABASE), timeout=CONNECT_TIMEOUT_S
+    )
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await admin.execute(f"CREATE DATABASE {quoted}")
+        log.info("database created", extra={"database": name})
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        pass  # another process created it meanwhile (racing, PostgreSQL reports the latter)
+    finally:
+        await admin.close()
+    return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+
+
 def pending_files(applied: set[int]) -> list[tuple[int, Path]]:
     found = sorted((int(p.name.split("_", 1)[0]), p) for p in SQL_DIR.glob("[0-9]*_*.sql"))
     return [(version, path) for version, path in found if version not in applied]
 
 
 async def migrate(dsn: str) -> list[str]:
-    """Apply what is pending; returns the names of the files applied."""
-    conn = await asyncpg.connect(dsn, timeout=10)
+    """Apply what is pending (creating the database if need be); returns the files applied."""
+    conn = await connect_creating(dsn)
     try:
         # Several workers or hosts may start at once: one migrates, the others wait, then
         # find nothing left to do.
