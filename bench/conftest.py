@@ -14,7 +14,7 @@ from notsale.config import Settings
 from notsale.engine.sale import SaleEngine
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
-from tests.conftest import TEST_SETTINGS, Stores, db, stores  # noqa: F401
+from tests.conftest import TEST_SETTINGS, Stores, db, make_settings, serve, stores  # noqa: F401
 
 T = TypeVar("T")
 

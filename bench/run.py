@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
@@ -26,6 +27,8 @@ import asyncpg
 import coredis
 import httpx
 
+from bench.probe import probe
+from bench.probe import summary as probe_summary
 from notsale.config import Settings
 from notsale.store.migrations import migrate
 
@@ -86,7 +89,7 @@ def wait_up(url: str) -> None:
 
 
 @contextmanager
-def running(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[subprocess.Popen[bytes]]:
+def running(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         cmd,
         env=env,
@@ -95,7 +98,7 @@ def running(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[subproc
         start_new_session=True,
     )
     try:
-        wait_up(probe)
+        wait_up(ready)
         yield process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -291,7 +294,9 @@ def main() -> int:
         print(f"\nlocust full mode, {opts.pairs} pairs, 64 users (exit {full.returncode}):")
         print("\n".join(line for line in full.stdout.splitlines() if "full mode" in line))
         env = notsale_env()
-        with running(serve, env, url + "/health"):
+        with running(serve, env, url + "/health"), ThreadPoolExecutor(1) as background:
+            # One buyer's latency, measured alongside the crowd by a driver that is not busy.
+            probed = background.submit(probe, url, opts.sim_seconds)
             sim = subprocess.run(
                 [
                     *locust,
@@ -318,6 +323,7 @@ def main() -> int:
             f"(exit {sim.returncode})"
         )
         print("\n".join(summary[-8:]))
+        print(probe_summary(probed.result()))
     return 0
 
 

@@ -1,0 +1,21 @@
+"""The probe that times one buyer during the sim crowd: a smoke run against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from bench.probe import probe, summary
+
+
+async def test_probe_times_checkouts_and_the_purchases_they_lead_to(
+    serve: Callable[..., Any], db: asyncpg.Connection
+) -> None:
+    server = await serve(sale_size=20, user_limit=3, workers=1)
+    took = await asyncio.to_thread(probe, server.base_url, 0.5)
+    bought = await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'probe%'")
+    assert len(took["checkout"]) > len(took["purchase"]) == bought > 0  # the sale sold out
+    assert f"probe checkout: {len(took['checkout'])} requests" in summary(took)
