@@ -30,7 +30,7 @@ import httpx
 from bench.probe import probe
 from bench.probe import summary as probe_summary
 from notsale.config import Settings
-from notsale.store.migrations import migrate
+from notsale.store.migrations import migrate, with_path
 
 REPO = Path(__file__).resolve().parents[1]
 WRK = REPO / "bench" / "wrk"
@@ -53,21 +53,20 @@ def fresh_stores(base: Settings) -> tuple[str, str]:
     """A new empty, migrated database and an empty Redis DB index, as URLs."""
     name = f"notsale_bench_{int(time.time())}"
 
-    async def create() -> None:
+    async def drop_old() -> None:
         admin = await asyncpg.connect(base.database_url)
         try:
             for old in await admin.fetch(
                 "SELECT datname FROM pg_database WHERE datname LIKE 'notsale_bench_%'"
             ):
                 await admin.execute(f'DROP DATABASE "{old["datname"]}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
 
-    asyncio.run(create())
-    database_url = base.database_url.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(migrate(database_url))
-    redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
+    asyncio.run(drop_old())
+    database_url = with_path(base.database_url, "/" + name)
+    asyncio.run(migrate(database_url))  # creates it
+    redis_url = with_path(base.redis_url, f"/{BENCH_REDIS_DB}")
 
     async def flush() -> None:
         async with coredis.Redis.from_url(redis_url) as redis:

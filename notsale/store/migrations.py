@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -33,7 +33,7 @@ async def connect_creating(dsn: str) -> asyncpg.Connection:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     except asyncpg.InvalidCatalogNameError:
         pass
-    name = urlsplit(dsn).path.lstrip("/")
+    name = unquote(urlsplit(dsn).path.lstrip("/"))
     admin = await asyncpg.connect(
         with_path(dsn, "/" + MAINTENANCE_DATABASE), timeout=CONNECT_TIMEOUT_S
     )
