@@ -18,5 +18,5 @@ async def test_probe_times_checkouts_and_the_purchases_they_lead_to(
     took = await asyncio.to_thread(probe, server.base_url, 0.5)
     bought = await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'probe%'")
     # Every code the probe got was bought, and is in PostgreSQL.
-    assert len(took["checkout"]) >= len(took["purchase"]) == bought > 0
+    assert len(took["purchase"]) == bought > 0
     assert f"probe checkout: {len(took['checkout'])} requests" in summary(took)

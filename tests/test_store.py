@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from notsale.__main__ import main
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.flusher import GROUP, Flusher
@@ -18,7 +19,7 @@ from notsale.store.migrations import SQL_DIR, migrate, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows
-from tests.conftest import BASE, open_engine
+from tests.conftest import BASE, free_port, open_engine
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -41,6 +42,16 @@ async def test_concurrent_migrations_create_the_database_and_apply_each_file_onc
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def test_migrate_against_an_unreachable_server_exits_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOTSALE_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate"])
+    assert str(exited.value).startswith("notsale: cannot migrate the database: ")
+    assert "\n" not in str(exited.value)
 
 
 @pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
