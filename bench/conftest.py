@@ -7,10 +7,10 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
-import coredis
 import pytest
 
 from notsale.config import Settings
+from notsale.engine.client import connect
 from notsale.engine.sale import SaleEngine
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
@@ -34,7 +34,7 @@ class Runner:
     async def _hold(self) -> None:
         # A coredis client is entered and left in one task: this one, for the whole benchmark.
         self.pool: asyncpg.Pool = await create_pool(self.settings.database_url)
-        async with coredis.Redis.from_url(self.settings.redis_url, decode_responses=True) as r:
+        async with connect(self.settings.redis_url) as r:
             self.redis = r
             self.engine = SaleEngine(
                 r, self.settings, Reconciler(r, self.pool, self.settings).ensure_ready

@@ -11,11 +11,12 @@ import msgspec
 import pytest
 
 from bench.conftest import Runner
+from notsale import outbox
 from notsale.api.models import CheckoutBody
 from notsale.catalog import item_name
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
-from notsale.engine.sale import EVENT_DECODER, sale_keys
+from notsale.engine.keys import sale_keys
 from notsale.store.rows import AttemptRow, copy_rows, insert_rows
 
 BATCH = 100
@@ -27,7 +28,7 @@ def checkout_ops(runner: Runner, n: int) -> list[Any]:
     ops: list[Any] = []
     for _ in range(n):
         i = next(COUNTER)
-        ops += ["c", i % 10_000 + 1, f"bench{i}", new_code(sale)]
+        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale)]
     return ops
 
 
@@ -50,6 +51,7 @@ def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner
     runner.run(runner.engine.checkout("warmup", 1))
     s = runner.settings
     head = [sale, s.sale_seconds * 1000, s.hold_seconds * 1000, s.user_limit, 3_600_000]
+    head += [s.outbox_max, runner.engine.server]
 
     async def pipelined() -> None:
         async with runner.redis.pipeline(transaction=False) as pipe:
@@ -69,8 +71,8 @@ def test_encode_checkout_body(benchmark: Any) -> None:
 
 
 def test_decode_outbox_event(benchmark: Any) -> None:
-    raw = b'["c","user123","42","item_held","","1795482486613"]'
-    benchmark(EVENT_DECODER.decode, raw)
+    raw = b'["c","Xq3kP0aZ9bYw.1234","user123","42","item_held","","1795482486613",0]'
+    benchmark(outbox.DECODER.decode, raw)
 
 
 def test_item_name_uncached(benchmark: Any) -> None:
@@ -93,7 +95,7 @@ def test_write_attempts(benchmark: Any, runner: Runner, write: Any, rows: int) -
 
     async def store(attempts: list[AttemptRow]) -> None:
         async with runner.pool.acquire() as conn:
-            await write(conn, attempts, [], 30)
+            await write(conn, attempts, [], 10, 30)
 
     benchmark.extra_info["rows"] = rows
     benchmark.pedantic(lambda a: runner.run(store(a)), setup=lambda: ((batch(),), {}), rounds=5)

@@ -60,8 +60,7 @@ def serve(settings: Settings) -> None:
 
 
 async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
-    import coredis
-
+    from notsale.engine.client import connect, server_id
     from notsale.engine.clock import current_sale
     from notsale.store.pool import create_pool
     from notsale.store.reconcile import Reconciler
@@ -69,10 +68,10 @@ async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int
     sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
     pool = await create_pool(settings.database_url)
     try:
-        async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+        async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
             if not check:
-                restored = await reconciler.rebuild(sale)
+                restored = await reconciler.rebuild(sale, await server_id(redis))
                 print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
             found = await reconciler.differences(sale)
     finally:

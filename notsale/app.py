@@ -7,7 +7,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-import coredis
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -21,23 +20,20 @@ from notsale.api.purchase import PurchaseController
 from notsale.api.sales import SalesController
 from notsale.api.users import UsersController
 from notsale.config import Settings
+from notsale.engine.client import REDIS_DOWN, connect
 from notsale.engine.clock import current_sale
 from notsale.engine.sale import SaleEngine
+from notsale.engine.watch import Watch, warn_on_eviction
 from notsale.errors import NotsaleError
 from notsale.logs import setup_logging
 from notsale.services import Services, services_from_state
 from notsale.store.flusher import Flusher
-from notsale.store.pool import create_pool
+from notsale.store.pool import READ_POOL_MAX_SIZE, create_pool
 from notsale.store.reconcile import Reconciler
 from notsale.store.writer import GroupCommit
 
 log = logging.getLogger("notsale")
 
-# Redis waits are bounded so that an unreachable Redis answers 503 quickly, never hangs.
-REDIS_CONNECT_TIMEOUT_S = 1.0
-REDIS_STREAM_TIMEOUT_S = 2.0
-# One worker's connections to Redis: requests pipeline over few of them.
-REDIS_MAX_CONNECTIONS = 32
 # Garbage collector thresholds per generation (CPython's default: 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 20)
 # No route of the contract takes a body, and none is read; a route that ever reads one gets
@@ -51,18 +47,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(served: Litestar) -> AsyncIterator[None]:
-        redis: coredis.Redis[str] = coredis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-            stream_timeout=REDIS_STREAM_TIMEOUT_S,
-            max_connections=REDIS_MAX_CONNECTIONS,
-        )
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(redis)
+            redis = await stack.enter_async_context(connect(settings.redis_url))
             pool = await create_pool(settings.database_url)
             stack.push_async_callback(pool.close)
-            writer = GroupCommit(pool)
+            reads = await create_pool(settings.database_url, READ_POOL_MAX_SIZE)
+            stack.push_async_callback(reads.close)
+            writer = GroupCommit(pool, settings.user_limit)
             writer.start()
             stack.push_async_callback(writer.close)
             flusher = Flusher(redis, pool, settings)
@@ -70,15 +61,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stack.push_async_callback(flusher.close)
             reconciler = Reconciler(redis, pool, settings)
             engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
-            served.state.services = Services(settings, redis, engine, pool, writer, flusher)
+            watch = Watch(engine, reconciler, settings)
+            served.state.services = Services(
+                settings, redis, engine, pool, reads, writer, flusher, reconciler
+            )
             try:
-                # Before the first request: rebuild the running sale if Redis lost it.
-                await reconciler.ensure_ready(current_sale(settings.sale_seconds))
-            except NotsaleError as exc:
+                # Before the first request: know which Redis answers, rebuild the running
+                # sale if Redis lost it, and mark the next one ready.
+                server = await watch.check()
+                await warn_on_eviction(engine)
+                await reconciler.ensure_ready(current_sale(settings.sale_seconds), server)
+            except (NotsaleError, *REDIS_DOWN) as exc:
                 log.warning(
                     "sale not prepared at start; the first checkout will retry",
                     extra={"error": repr(exc)},
                 )
+            watch.start()
+            stack.push_async_callback(watch.close)
             # Measured (bench/RESULTS.md): a young-generation collection every 700
             # allocations paused the loop often enough to triple p99 under a stampede.
             gc.collect()

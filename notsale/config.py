@@ -25,9 +25,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sale_size: int = 10_000
     user_limit: int = 10
     hold_seconds: int = 60
+    # Entries a sale's outbox may hold (decisions PostgreSQL has not taken yet, ~200 bytes
+    # each) before checkouts are refused with 503: while PostgreSQL is down, Redis fills up
+    # to about this, not to its maxmemory.
+    outbox_max: int = 1_000_000
 
     def __post_init__(self) -> None:
-        for name in ("port", "workers", "sale_seconds", "sale_size", "user_limit", "hold_seconds"):
+        for name in (
+            "port",
+            "workers",
+            "sale_seconds",
+            "sale_size",
+            "user_limit",
+            "hold_seconds",
+            "outbox_max",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.port > 65535:

@@ -41,8 +41,20 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.ITEM_HELD: "Another user holds this item right now; try again later.",
     ErrorCode.CODE_EXPIRED: "The hold behind this code expired or its sale ended.",
     ErrorCode.USER_LIMIT: "You already hold or bought as many items as one user may in this sale.",
-    ErrorCode.UNAVAILABLE: "A backing store cannot be reached; nothing was changed. Retry soon.",
+    ErrorCode.UNAVAILABLE: (
+        "A backing store cannot be reached or refused to write; the outcome is unknown. Retry:"
+        " a purchase with the same code is safe to retry, and a checkout retried gets the same"
+        " code back if its hold was made."
+    ),
 }
+
+
+class Store(StrEnum):
+    """What an `unavailable` answer is about."""
+
+    REDIS = "redis"
+    POSTGRES = "postgres"
+    BACKLOG = "backlog"  # the outbox holds too much that PostgreSQL has not taken yet
 
 
 class NotsaleError(Exception):
@@ -53,3 +65,11 @@ class NotsaleError(Exception):
         self.status = STATUS[code]
         self.detail = detail or DEFAULT_DETAIL[code]
         super().__init__(f"{code}: {self.detail}")
+
+
+class Unavailable(NotsaleError):
+    """503: a store failed, refused or did not answer in time; `store` says which."""
+
+    def __init__(self, store: Store, detail: str | None = None) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, detail)
+        self.store = store

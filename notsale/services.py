@@ -15,6 +15,7 @@ from litestar.types import Scope
 from notsale.config import Settings
 from notsale.engine.sale import SaleEngine
 from notsale.store.flusher import Flusher
+from notsale.store.reconcile import Reconciler
 from notsale.store.writer import GroupCommit
 
 
@@ -23,9 +24,11 @@ class Services:
     settings: Settings
     redis: coredis.Redis[str]
     engine: SaleEngine
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the writers' (group commit, flusher, rebuilds)
+    reads: asyncpg.Pool  # the reads' (store/queries.py)
     writer: GroupCommit
     flusher: Flusher
+    reconciler: Reconciler
 
 
 # How a handler asks for them: `services: ServicesDep` (Litestar injects by name).

@@ -27,6 +27,7 @@ from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
 from notsale.config import Settings
+from notsale.engine.client import connect
 from notsale.engine.sale import SaleEngine
 from notsale.store.migrations import migrate, with_path
 from notsale.store.pool import create_pool
@@ -117,7 +118,7 @@ async def open_engine(settings: Settings) -> AsyncIterator[SaleEngine]:
     Not a fixture: a coredis client is entered and left in one task."""
     pool = await create_pool(settings.database_url)
     try:
-        async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+        async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
             yield SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
     finally:

@@ -8,7 +8,8 @@ import pytest
 from notsale.config import Settings
 from notsale.engine import sale as sale_module
 from notsale.engine.clock import current_sale, now_ms, sale_window
-from notsale.engine.sale import KEEP_AFTER_SALE_MS, sale_keys
+from notsale.engine.keys import sale_keys
+from notsale.engine.sale import KEEP_AFTER_SALE_MS
 from tests.conftest import open_engine
 
 

@@ -93,7 +93,8 @@ async def test_reconcile_writes_outbox_entries_left_pending(
         stream = f"{{sale:{sale_id}}}:outbox"
         await redis.xgroup_create(stream, GROUP, "0", mkstream=True)
         for user in ("olga", "pat"):
-            await redis.xadd(stream, {"e": f'["c","{user}","6","item_held","","1795482486613"]'})
+            entry = f'["c","r-{user}","{user}","6","item_held","","1795482486613",0]'
+            await redis.xadd(stream, {"e": entry})
         # One was read by a consumer that then died: it sits in that consumer's pending list.
         await redis.xreadgroup(GROUP, "dead-worker", streams={stream: ">"}, count=1)
     repair = notsale_cli(settings, "reconcile", "--sale-id", str(sale_id))

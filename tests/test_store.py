@@ -14,11 +14,13 @@ import pytest
 from notsale.__main__ import main
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
+from notsale.errors import ErrorCode
+from notsale.store import rows
 from notsale.store.flusher import GROUP, Flusher
 from notsale.store.migrations import SQL_DIR, migrate, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
-from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows
+from notsale.store.rows import AttemptRow, PurchaseRow
 from tests.conftest import BASE, free_port, open_engine
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -54,23 +56,40 @@ def test_migrate_against_an_unreachable_server_exits_with_one_line(
     assert "\n" not in str(exited.value)
 
 
-@pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
+LIMIT = 3
+
+
+@pytest.fixture(params=[False, True], ids=["statement", "copy"])
+def write(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """rows.write_rows, by one INSERT statement or (every batch made large) by COPY."""
+    if request.param:
+        monkeypatch.setattr(rows, "COPY_FROM_ROWS", 1)
+
+    async def write(conn: asyncpg.Connection, attempts: Any, purchases: Any) -> Any:
+        return await rows.write_rows(conn, attempts, purchases, LIMIT, 5)
+
+    return write
+
+
 async def test_writing_the_same_rows_twice_is_harmless(
     settings: Settings, db: asyncpg.Connection, write: Any
 ) -> None:
     attempt = AttemptRow("7:1-0", 7, "u", 3, "c0de", "ok", None, NOW)
-    purchase = PurchaseRow(7, 3, "u", "c0de", NOW)
+    purchase = PurchaseRow(7, 3, "u", "c0de", NOW, 1)
     pool = await create_pool(settings.database_url)
     try:
         async with pool.acquire() as conn:
-            assert await write(conn, [attempt, attempt], [purchase, purchase], 5) == set()
-            assert await write(conn, [attempt], [purchase], 5) == set()
+            assert await write(conn, [attempt, attempt], [purchase, purchase]) == {}
+            assert await write(conn, [attempt], [purchase]) == {}
             # The same item under another code is refused and reported, never overwritten,
             # whether it was stored before or comes in the same batch.
-            clash = PurchaseRow(7, 3, "v", "other", NOW)
-            assert await write(conn, [], [clash], 5) == {"other"}
-            first, second = PurchaseRow(7, 4, "u", "c1", NOW), PurchaseRow(7, 4, "v", "c2", NOW)
-            assert await write(conn, [], [first, second], 5) == {"c2"}
+            clash = PurchaseRow(7, 3, "v", "other", NOW, 1)
+            assert await write(conn, [], [clash]) == {"other": ErrorCode.ITEM_SOLD}
+            first, second = (
+                PurchaseRow(7, 4, "u", "c1", NOW, 2),
+                PurchaseRow(7, 4, "v", "c2", NOW, 1),
+            )
+            assert await write(conn, [], [first, second]) == {"c2": ErrorCode.ITEM_SOLD}
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
@@ -80,28 +99,68 @@ async def test_writing_the_same_rows_twice_is_harmless(
     ]
 
 
-@pytest.mark.parametrize("write", [insert_rows, copy_rows], ids=["statement", "copy"])
+async def test_postgres_refuses_a_purchase_past_the_user_limit_whatever_redis_counted(
+    settings: Settings, db: asyncpg.Connection, write: Any
+) -> None:
+    pool = await create_pool(settings.database_url)
+    try:
+        async with pool.acquire() as conn:
+            bought = [PurchaseRow(7, n, "u", f"c{n}", NOW, n) for n in range(1, LIMIT + 1)]
+            assert await write(conn, [], bought) == {}
+            # Redis lost the last purchase and counted the user one short: seq 3 again.
+            again = PurchaseRow(7, 9, "u", "lost", NOW, LIMIT)
+            past = PurchaseRow(7, 10, "u", "past", NOW, LIMIT + 1)
+            other_sale = PurchaseRow(8, 9, "u", "next", NOW, LIMIT)
+            refused = await write(conn, [], [again, past, other_sale])
+            assert refused == {"lost": ErrorCode.USER_LIMIT, "past": ErrorCode.USER_LIMIT}
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id = 'u'") == LIMIT + 1
+
+
+async def test_a_503_row_and_the_decision_of_the_same_request_become_one_row(
+    settings: Settings, db: asyncpg.Connection, write: Any
+) -> None:
+    """A checkout answered 503 whose script ran after all: its fallback row (outcome
+    unavailable) and its outbox entry (the decision) meet, in either order or one batch."""
+    unknown = AttemptRow("r1", 7, "u", 3, None, "unavailable", None, NOW)
+    decided = AttemptRow("r1", 7, "u", 3, "c0de", "ok", None, NOW)
+    never = AttemptRow("r2", 7, "u", 4, None, "unavailable", None, NOW)
+    pool = await create_pool(settings.database_url)
+    try:
+        async with pool.acquire() as conn:
+            for batch in ([unknown], [decided], [decided, unknown], [never], [never]):
+                await write(conn, batch, [])
+    finally:
+        await pool.close()
+    found = await db.fetch("SELECT id, outcome, decided, code FROM checkout_attempts ORDER BY id")
+    assert [tuple(r) for r in found] == [
+        ("r1", "unavailable", "ok", "c0de"),
+        ("r2", "unavailable", None, None),
+    ]
+
+
 async def test_a_purchase_written_meanwhile_by_another_writer_is_no_clash(
     settings: Settings, db: asyncpg.Connection, write: Any
 ) -> None:
     """The outbox flusher may store a purchase while its worker's group commit writes it: the
     commit waits for the other transaction, then must see that row as the same purchase."""
-    purchase = PurchaseRow(7, 3, "u", "c0de", NOW)
+    purchase = PurchaseRow(7, 3, "u", "c0de", NOW, 1)
     pool = await create_pool(settings.database_url)
     other = await asyncpg.connect(settings.database_url)
     try:
         other_tx = other.transaction()
         await other_tx.start()
         await other.execute(
-            "INSERT INTO purchases VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO purchases VALUES ($1, $2, $3, $4, $5, $6)",
             *msgspec.structs.astuple(purchase),
         )
         async with pool.acquire() as conn:
-            writing = asyncio.create_task(write(conn, [], [purchase], 5))
+            writing = asyncio.create_task(write(conn, [], [purchase]))
             await asyncio.sleep(0.3)
             assert not writing.done()  # waiting on the other writer's row
             await other_tx.commit()
-            assert await writing == set()
+            assert await writing == {}
     finally:
         await other.close()
         await pool.close()
@@ -138,8 +197,9 @@ async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_ou
     bad = [
         {"e": "not json"},
         {"x": "no e field"},
-        {"e": '["c","u","5","not_an_outcome","","1795482486613"]'},  # PostgreSQL refuses it
-        {"e": '["c","u","5","item_sold","","99999999999999999999"]'},  # no such time
+        {"e": '["c","r1","u","5","not_an_outcome","","1795482486613",0]'},  # PostgreSQL refuses
+        {"e": '["c","r2","u","5","item_sold","","99999999999999999999",0]'},  # no such time
+        {"e": '["c","u","5","item_sold","","1795482486613"]'},  # an older format
     ]
     pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
@@ -149,11 +209,11 @@ async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_ou
         bad_ids = [await redis.xadd(key, fields) for fields in bad]
         await engine.checkout("yan", 6)
         flusher = Flusher(redis, pool, settings)
-        assert await flusher.flush_once(block_ms=10) == 6  # one batch: all six acknowledged
+        assert await flusher.flush_once(block_ms=10) == 7  # one batch: all seven acknowledged
         assert await redis.xlen(key) == 0
         found = await Reconciler(redis, pool, settings).differences(decision.sale_id)
         assert [d.detail for d in found if d.what == "rejected"] == [
-            "4 outbox entries kept in outbox_rejects"
+            "5 outbox entries kept in outbox_rejects"
         ]
     await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 2

@@ -2,48 +2,34 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
-
 from litestar import Controller, asgi
 from litestar.types import Receive, Scope, Send
 
+from notsale import outbox
 from notsale.api import params
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import image_url, item_name
 from notsale.engine.clock import current_sale, rfc3339
-from notsale.engine.sale import refused_event
-from notsale.errors import ErrorCode, NotsaleError
+from notsale.errors import ErrorCode, NotsaleError, Unavailable
 from notsale.services import Services, services_of
-from notsale.store.rows import attempt_row
-
-log = logging.getLogger(__name__)
 
 
 async def record_refused(
-    services: Services, scope: Scope, outcome: ErrorCode, user_raw: str, item_raw: str
+    services: Services,
+    scope: Scope,
+    request_id: str,
+    exc: NotsaleError,
+    user_raw: str,
+    item_raw: str,
 ) -> None:
-    """Log a checkout that Redis never decided: in the outbox if Redis answers, else directly."""
-    sale_id = current_sale(services.settings.sale_seconds)
+    """The attempt row of a checkout that Redis did not decide (see outbox.record_refused)."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
-    event = refused_event(outcome, user_raw, item_raw, raw_query)
-    if outcome is not ErrorCode.UNAVAILABLE:
-        try:
-            await services.engine.record(sale_id, event)
-            return
-        except NotsaleError:
-            pass  # Redis is down: the refusal stands, and PostgreSQL takes its row directly.
-    try:
-        await services.writer.write_attempt(
-            attempt_row(f"direct:{uuid.uuid4().hex}", sale_id, event)
-        )
-    except NotsaleError:
-        log.error(
-            "checkout attempt lost: Redis and PostgreSQL both unreachable",
-            extra={"outcome": outcome.value},
-        )
+    event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query)
+    failed = exc.store if isinstance(exc, Unavailable) else None
+    sale_id = current_sale(services.settings.sale_seconds)
+    await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
 
 
 CHECKOUT_DOC = HotRouteDoc(
@@ -73,22 +59,20 @@ class CheckoutController(Controller):
     async def checkout(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = post_query(scope)
         services = services_of(scope)
+        # Made here, once: it keys the attempt row, whichever store ends up holding it.
+        request_id = services.engine.new_request_id()
         try:
             user = params.user_id(params.single(query, "user_id"))
             item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
         except NotsaleError as exc:
-            await record_refused(
-                services,
-                scope,
-                exc.code,
-                ",".join(query.getall("user_id", [])),
-                ",".join(query.getall("id", [])),
-            )
+            user_raw = ",".join(query.getall("user_id", []))
+            item_raw = ",".join(query.getall("id", []))
+            await record_refused(services, scope, request_id, exc, user_raw, item_raw)
             raise
         try:
-            decision = await services.engine.checkout(user, item_id)
+            decision = await services.engine.checkout(user, item_id, request_id)
         except NotsaleError as exc:
-            await record_refused(services, scope, exc.code, user, str(item_id))
+            await record_refused(services, scope, request_id, exc, user, str(item_id))
             raise
         if decision.outcome is not None:
             await send_refusal(send, decision.outcome)

@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFou
 from litestar.openapi import ResponseSpec
 
 from notsale.api.models import ErrorBody
-from notsale.engine.sale import REDIS_DOWN
+from notsale.engine.client import REDIS_DOWN
 from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode, NotsaleError
 from notsale.store.pool import PG_DOWN
 

@@ -13,6 +13,8 @@ from notsale.services import ServicesDep
 
 # A health check answers within about this long, whatever state the stores are in.
 PROBE_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_MS = 1000
+HEALTH_KEY = "notsale:health"
 
 
 async def probe(check: Awaitable[object]) -> str:
@@ -34,8 +36,11 @@ class HealthController(Controller):
         },
     )
     async def health(self, services: ServicesDep) -> Response[HealthBody]:
+        # A write, not a PING: a Redis that answers but refuses writes (OOM at maxmemory,
+        # READONLY after a failover, MISCONF) cannot decide anything.
+        write = services.redis.set(HEALTH_KEY, "1", px=PROBE_TIMEOUT_MS)
         redis, postgres = await asyncio.gather(
-            probe(services.redis.ping()), probe(services.pool.fetchval("SELECT 1"))
+            probe(write), probe(services.pool.fetchval("SELECT 1"))
         )
         ok = redis == postgres == "ok"
         body = HealthBody("ok" if ok else "degraded", redis, postgres)

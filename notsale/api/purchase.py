@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from litestar import Controller, asgi
 from litestar.types import Receive, Scope, Send
 
@@ -10,6 +12,7 @@ from notsale.api.models import PurchaseBody
 from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import item_name
+from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import CODE_PATTERN, code_sale
 from notsale.errors import ErrorCode, NotsaleError
@@ -34,7 +37,12 @@ PURCHASE_DOC = HotRouteDoc(
     description="Safe to retry: a redeemed code answers the same body again.",
     parameters=(query("code", CODE, "the code POST /checkout gave"),),
     body=PurchaseBody,
-    errors=(ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED),
+    errors=(
+        ErrorCode.CODE_NOT_FOUND,
+        ErrorCode.CODE_EXPIRED,
+        ErrorCode.ITEM_SOLD,
+        ErrorCode.USER_LIMIT,
+    ),
 )
 
 
@@ -49,7 +57,8 @@ class PurchaseController(Controller):
         if not CODE_PATTERN.fullmatch(raw):
             raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
         sale_id = code_sale(raw)
-        if sale_id is None or sale_id > current_sale(services.settings.sale_seconds):
+        # A code of the next sale too: this worker's clock may be behind Redis'.
+        if sale_id is None or sale_id > current_sale(services.settings.sale_seconds) + 1:
             raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
         decision = await services.engine.purchase(sale_id, raw)
         if decision.outcome is None:
@@ -59,18 +68,30 @@ class PurchaseController(Controller):
                 decision.user_id,
                 raw,
                 ms_to_datetime(decision.purchased_ms),
+                decision.seq,
             )
-            # Also on a repeat: the first answer may have been lost before its commit.
-            await services.writer.write_purchase(row)
+            try:
+                # Also on a repeat: the first answer may have been lost before its commit.
+                await services.writer.write_purchase(row)
+            except NotsaleError as exc:
+                if exc.code is not ErrorCode.UNAVAILABLE:
+                    # PostgreSQL refused what Redis decided: Redis lost writes. Rebuild the
+                    # sale before it decides more.
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await services.reconciler.invalidate(sale_id)
+                raise
             await send_body(send, purchase_body(row))
             return
-        outcome = decision.outcome
-        if outcome is ErrorCode.CODE_NOT_FOUND:
-            # Redis no longer knows the code (its sale's keys expired): PostgreSQL remembers.
-            stored = await queries.purchase_by_code(services.pool, raw)
+        if decision.outcome in (ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED):
+            # Redis does not know the purchase (its sale's keys expired, or it lost writes):
+            # only PostgreSQL can say that none was made.
+            stored = await queries.purchase_by_code(services.reads, raw)
             if stored is not None:
                 await send_body(send, purchase_body(stored))
                 return
-            if await queries.code_was_issued(services.pool, raw):
-                outcome = ErrorCode.CODE_EXPIRED
-        await send_refusal(send, outcome)
+            if decision.outcome is ErrorCode.CODE_NOT_FOUND and await queries.code_was_issued(
+                services.reads, raw
+            ):
+                await send_refusal(send, ErrorCode.CODE_EXPIRED)
+                return
+        await send_refusal(send, decision.outcome)

@@ -60,7 +60,7 @@ class SalesController(Controller):
             status = await services.engine.item_status(sale, item)
         else:
             # An ended sale: what was bought is in PostgreSQL; nothing is held any more.
-            sold = await queries.item_is_sold(services.pool, sale, item)
+            sold = await queries.item_is_sold(services.reads, sale, item)
             status = "sold" if sold else "available"
         return ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
 

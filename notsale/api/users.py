@@ -41,5 +41,5 @@ class UsersController(Controller):
             if "sale_id" in query
             else current_sale(services.settings.sale_seconds)
         )
-        rows = await queries.user_purchases(services.pool, sale, user)
+        rows = await queries.user_purchases(services.reads, sale, user)
         return PurchasesBody(sale, user, [purchase_body(r) for r in rows])

@@ -6,24 +6,34 @@
 --       2 hexp   zset  item scored by its hold's expires_ms (counts live holds)
 --       3 sold   hash  item -> user
 --       4 code   hash  code -> item \t user \t expires_ms \t purchased_ms (0 = not bought)
+--                      \t seq (the purchase's place among its user's purchases, 0 = none)
 --       5 users  hash  user -> "bought,item:expires_ms,..." (expired holds dropped lazily)
 --       6 outbox stream of decisions for the PostgreSQL flusher: one field "e" per entry,
---         JSON [kind ("c" checkout | "p" purchase), user, item, outcome, code, time_ms]
---       7 ready  string set once the sale's state is known complete (see reconcile.lua); when
---         it is missing, Redis lost its data or the sale is new: checkouts wait for a rebuild
+--         the JSON array of notsale/outbox.py's OutboxEvent
+--       7 ready  string: the Redis server id (run_id) under which the sale's state was last
+--         known complete (see reconcile.lua). Missing or another id: Redis lost data or the
+--         sale is new, so checkouts wait for a rebuild from PostgreSQL
 -- ARGV: 1 sale_id  2 sale_ms  3 hold_ms  4 user_limit  5 keep_ms (how long keys outlive the
---       sale), then operations back to back:
---         "c", item_id, user_id, fresh_code   checkout (the code is used only for a new hold)
---         "p", code                           purchase
+--       sale)  6 outbox_max (entries the outbox may hold before checkouts are refused)
+--       7 server id the worker sees now, then operations back to back:
+--         "c", request_id, item_id, user_id, fresh_code   checkout (the code is used only for
+--                                                         a new hold)
+--         "p", code                                       purchase
+--         "r", entry                                      log a checkout refused in Python
 -- Returns one reply per operation, in order:
 --   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit,
 --             or {"wrong_sale", server_sale_id} when Redis' clock is in another sale,
---             or {"unready"} when the ready key is missing (nothing was changed or logged)
---   purchase: {"ok", item_id, user_id, purchased_ms} (the first purchase's, on a repeat),
---             {"code_expired"} or {"code_not_found"}
+--             {"unready"} when the sale is not known ready under this server id, or
+--             {"backlog"} when the outbox is full (for these three nothing was changed or logged)
+--   purchase: {"ok", item_id, user_id, purchased_ms, seq} (the first purchase's, on a repeat),
+--             {"code_expired"}, {"code_not_found"}, or {"item_sold"} when the item is sold
+--             under another code (Redis lost writes; nothing is overwritten)
+--   log:      {"ok"} or {"backlog"} (not logged)
+-- A script error stops the run where it stands: callers answer 503 and never run it again.
 
 local HOLD, HEXP, SOLD, CODE, USERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local ready = redis.call('EXISTS', KEYS[7]) == 1
+local ready = redis.call('GET', KEYS[7]) == ARGV[7]
+local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
@@ -58,12 +68,19 @@ local function save_user(user, bought, holds)
   redis.call('HSET', USERS, user, state)
 end
 
-local function checkout(item, user, code)
+local function log(entry)
+  redis.call('XADD', OUTBOX, '*', 'e', cjson.encode(entry))
+end
+
+local function checkout(request, item, user, code)
   if server_sale ~= sale_id then
     return {'wrong_sale', server_sale}
   end
   if not ready then
     return {'unready'}
+  end
+  if full then
+    return {'backlog'}
   end
   local outcome, expires = nil, 0
   if redis.call('HEXISTS', SOLD, item) == 1 then
@@ -93,7 +110,7 @@ local function checkout(item, user, code)
         holds[#holds + 1] = item .. ':' .. exp_s
         redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
         redis.call('ZADD', HEXP, expires, item)
-        redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0')
+        redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
         save_user(user, bought, holds)
         local gone = string.format('%.0f', sale_end + keep_ms)
         for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
@@ -105,7 +122,7 @@ local function checkout(item, user, code)
   if outcome ~= 'ok' then
     code = ''
   end
-  redis.call('XADD', OUTBOX, '*', 'e', cjson.encode({'c', user, item, outcome, code, now_s}))
+  log({'c', request, user, item, outcome, code, now_s, 0})
   return {outcome, code, expires}
 end
 
@@ -114,15 +131,19 @@ local function purchase(code)
   if not rec then
     return {'code_not_found'}
   end
-  local item, user, expires, paid = string.match(rec, '^(%d+)\t(.-)\t(%d+)\t(%d+)$')
+  local item, user, expires, paid, seq = string.match(rec, '^(%d+)\t(.-)\t(%d+)\t(%d+)\t(%d+)$')
   if paid ~= '0' then
-    return {'ok', item, user, tonumber(paid)}
+    return {'ok', item, user, tonumber(paid), tonumber(seq)}
   end
   -- A hold never outlives its sale, so this also refuses codes of an ended sale.
   if tonumber(expires) <= now then
     return {'code_expired'}
   end
-  -- A live hold is never replaced, so the item's hold is this code's: make it a sale.
+  -- A sold item is never sold again: only after Redis lost writes can a live hold's item be
+  -- found sold (to the purchase it lost track of).
+  if redis.call('HEXISTS', SOLD, item) == 1 then
+    return {'item_sold'}
+  end
   redis.call('HSET', SOLD, item, user)
   local ttl = redis.call('PTTL', CODE)
   if ttl > 0 then
@@ -130,20 +151,31 @@ local function purchase(code)
   end
   redis.call('HDEL', HOLD, item)
   redis.call('ZREM', HEXP, item)
-  redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t' .. now_s)
   local bought, holds = user_state(user, item)
-  save_user(user, bought + 1, holds)
-  redis.call('XADD', OUTBOX, '*', 'e', cjson.encode({'p', user, item, 'ok', code, now_s}))
-  return {'ok', item, user, now}
+  bought = bought + 1
+  save_user(user, bought, holds)
+  redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t' .. now_s
+    .. '\t' .. bought)
+  log({'p', '', user, item, 'ok', code, now_s, bought})
+  return {'ok', item, user, now, bought}
 end
 
-local replies, i = {}, 6
+local replies, i = {}, 8
 while i <= #ARGV do
-  if ARGV[i] == 'c' then
-    replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-    i = i + 4
-  else
+  local op = ARGV[i]
+  if op == 'c' then
+    replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    i = i + 5
+  elseif op == 'p' then
     replies[#replies + 1] = purchase(ARGV[i + 1])
+    i = i + 2
+  else
+    if full then
+      replies[#replies + 1] = {'backlog'}
+    else
+      redis.call('XADD', OUTBOX, '*', 'e', ARGV[i + 1])
+      replies[#replies + 1] = {'ok'}
+    end
     i = i + 2
   end
 end

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import coredis
 import msgspec
 
 from notsale.config import Settings
 from notsale.engine.batch import Batcher
-from notsale.engine.clock import current_sale, now_ms
+from notsale.engine.client import REDIS_DOWN, server_id
+from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
-from notsale.errors import ErrorCode, NotsaleError
+from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys, unlogged_key
+from notsale.errors import ErrorCode, Store, Unavailable
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -23,46 +27,6 @@ KEEP_AFTER_SALE_MS = 3_600_000
 
 # A checkout may meet a sale rollover and an unready sale before it is decided.
 CHECKOUT_TRIES = 3
-
-# Raw values of a rejected request are stored cut to these lengths (they can be anything).
-RAW_VALUE_CHARS = 128
-RAW_QUERY_CHARS = 1024
-
-# Redis and its clients' errors that mean "cannot reach Redis now", answered 503.
-REDIS_DOWN = (coredis.exceptions.ConnectionError, TimeoutError, OSError)
-
-
-class SaleKeys(NamedTuple):
-    """The keys of one sale, in the KEYS order of sale.lua (its header says what each holds)."""
-
-    hold: str
-    hexp: str
-    sold: str
-    code: str
-    users: str
-    outbox: str
-    ready: str
-
-
-def sale_keys(sale_id: int) -> SaleKeys:
-    """All under the hash tag {sale:<id>}, so that one sale's keys share a cluster slot."""
-    return SaleKeys(*(f"{{sale:{sale_id}}}:{name}" for name in SaleKeys._fields))
-
-
-class OutboxEvent(msgspec.Struct, array_like=True, frozen=True):
-    """One outbox entry, as sale.lua writes it (a JSON array in the entry's field "e")."""
-
-    kind: str  # "c" checkout attempt, "p" purchase
-    user: str
-    item: str
-    outcome: str
-    code: str
-    time_ms: str
-    query: str | None = None  # the raw query string of a malformed request
-
-
-EVENT_ENCODER = msgspec.json.Encoder()
-EVENT_DECODER = msgspec.json.Decoder(OutboxEvent)
 
 
 class CheckoutDecision(msgspec.Struct, frozen=True):
@@ -77,6 +41,7 @@ class PurchaseDecision(msgspec.Struct, frozen=True):
     item_id: int = 0
     user_id: str = ""
     purchased_ms: int = 0
+    seq: int = 0
 
 
 class SaleEngine:
@@ -86,61 +51,114 @@ class SaleEngine:
         self,
         redis: coredis.Redis[str],
         settings: Settings,
-        prepare: Callable[[int], Awaitable[None]] | None = None,
+        prepare: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
-        """`prepare(sale_id)` makes a sale ready when sale.lua finds it unready (a new sale,
-        or Redis lost its data): see store/reconcile.py."""
+        """`prepare(sale_id, server)` makes a sale ready under a Redis server id when sale.lua
+        finds it unready (a new sale, or Redis lost data): see store/reconcile.py."""
         self.redis = redis
         self.settings = settings
         self._prepare = prepare
         self._sale = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
         self._stats = redis.register_script((SCRIPTS_DIR / "stats.lua").read_text())
         self._batcher = Batcher(self._send)
+        # Request ids: unique per worker start (72 random bits), then a counter.
+        self._request_prefix = secrets.token_urlsafe(9)
+        self._requests = itertools.count(1)
+        # The Redis server id (run_id) this worker believes it talks to (see watch.py).
+        self.server: str | None = None
+        self._registered: set[int] = set()  # sales whose outbox this worker has registered
+
+    def new_request_id(self) -> str:
+        return f"{self._request_prefix}.{next(self._requests)}"
+
+    def server_changed(self, server: str) -> None:
+        """Redis is another process now (restart, failover): what it holds may be older than
+        what this worker saw, so every sale must be known ready again under the new id."""
+        self.server = server
+        self._registered.clear()
+
+    async def refresh_server(self) -> str:
+        try:
+            server = await server_id(self.redis)
+        except REDIS_DOWN as exc:
+            raise Unavailable(Store.REDIS) from exc
+        if server != self.server:
+            self.server_changed(server)
+        return server
 
     async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
+        """A script run, exactly once: any failure is 503, and it is never sent again."""
         try:
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
-            raise NotsaleError(ErrorCode.UNAVAILABLE) from exc
+            raise Unavailable(Store.REDIS) from exc
 
     async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
         s = self.settings
+        server = self.server or await self.refresh_server()
+        if sale_id not in self._registered:
+            # Before the sale's first entry: the flushers find every outbox in the registry.
+            try:
+                await self.redis.sadd(OUTBOX_REGISTRY, [str(sale_id)])
+            except REDIS_DOWN as exc:
+                raise Unavailable(Store.REDIS) from exc
+            self._registered.add(sale_id)
         head = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000, s.user_limit]
-        return await self._run(self._sale, sale_keys(sale_id), [*head, KEEP_AFTER_SALE_MS, *ops])
+        head += [KEEP_AFTER_SALE_MS, s.outbox_max, server]
+        return await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
 
-    async def checkout(self, user_id: str, item_id: int) -> CheckoutDecision:
+    async def checkout(
+        self, user_id: str, item_id: int, request_id: str | None = None
+    ) -> CheckoutDecision:
+        """`request_id` keys the attempt's row (default: a new one)."""
+        request_id = request_id or self.new_request_id()
         sale_id = current_sale(self.settings.sale_seconds)
         for _ in range(CHECKOUT_TRIES):
             code = new_code(sale_id)
-            reply = await self._batcher.submit(sale_id, ["c", item_id, user_id, code])
+            reply = await self._batcher.submit(sale_id, ["c", request_id, item_id, user_id, code])
             if reply[0] == "wrong_sale":
                 # This worker's clock and Redis' disagree on which sale runs: Redis' wins.
                 sale_id = int(reply[1])
             elif reply[0] == "unready":
                 if self._prepare is None:
                     break
-                await self._prepare(sale_id)
+                await self._prepare(sale_id, await self.refresh_server())
+            elif reply[0] == "backlog":
+                raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
             else:
                 outcome = None if reply[0] == "ok" else ErrorCode(reply[0])
                 return CheckoutDecision(outcome, sale_id, reply[1], int(reply[2]))
-        raise NotsaleError(ErrorCode.UNAVAILABLE, "The sale is being prepared; retry.")
+        raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
 
     async def purchase(self, sale_id: int, code: str) -> PurchaseDecision:
         reply = await self._batcher.submit(sale_id, ["p", code])
         if reply[0] != "ok":
             return PurchaseDecision(ErrorCode(reply[0]))
-        return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]))
+        return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
+
+    async def log(self, sale_id: int, entry: bytes) -> bool:
+        """Append an entry to the sale's outbox; False when the outbox is full."""
+        reply = await self._batcher.submit(sale_id, ["r", entry])
+        return bool(reply[0] == "ok")
+
+    async def count_unlogged(self, sale_id: int) -> None:
+        try:
+            await self.redis.incr(unlogged_key(sale_id))
+        except REDIS_DOWN as exc:
+            raise Unavailable(Store.REDIS) from exc
 
     async def _stats_of(self, sale_id: int, item: int | str) -> list[Any]:
         k = sale_keys(sale_id)
         keys = [k.hold, k.hexp, k.sold, k.ready]
-        reply = await self._run(self._stats, keys, [item])
+        reply = await self._run(self._stats, keys, [item, self.server or ""])
         if reply[0] == "unready" and self._prepare is not None:
-            await self._prepare(sale_id)  # Redis lost the sale: read it once rebuilt
-            reply = await self._run(self._stats, keys, [item])
+            # Redis lost the sale (or this worker's view of Redis is old): read it once rebuilt.
+            server = await self.refresh_server()
+            await self._prepare(sale_id, server)
+            reply = await self._run(self._stats, keys, [item, server])
         if reply[0] == "unready":
-            raise NotsaleError(ErrorCode.UNAVAILABLE, "The sale is being prepared; retry.")
+            raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
         return reply
 
     async def counts(self, sale_id: int) -> tuple[int, int]:
@@ -150,23 +168,3 @@ class SaleEngine:
 
     async def item_status(self, sale_id: int, item_id: int) -> str:
         return str((await self._stats_of(sale_id, item_id))[0])
-
-    async def record(self, sale_id: int, event: OutboxEvent) -> None:
-        """Log a checkout refused before Redis was asked (bad input) as sale.lua logs its own."""
-        try:
-            await self.redis.xadd(sale_keys(sale_id).outbox, {"e": EVENT_ENCODER.encode(event)})
-        except REDIS_DOWN as exc:
-            raise NotsaleError(ErrorCode.UNAVAILABLE) from exc
-
-
-def refused_event(outcome: ErrorCode, user_raw: str, item_raw: str, query: str) -> OutboxEvent:
-    """The outbox entry of a checkout refused in Python, its raw values cut to bounded length."""
-    return OutboxEvent(
-        "c",
-        user_raw[:RAW_VALUE_CHARS],
-        item_raw[:RAW_VALUE_CHARS],
-        outcome.value,
-        "",
-        str(now_ms()),
-        query[:RAW_QUERY_CHARS],
-    )

@@ -1,12 +1,12 @@
 -- stats.lua: a consistent read of one sale's counters, on Redis' clock.
 --
 -- KEYS: 1 hold  2 hexp  3 sold  4 ready (as in sale.lua)
--- ARGV: 1 item_id, or "" for the whole sale
+-- ARGV: 1 item_id, or "" for the whole sale  2 the Redis server id the worker sees now
 -- Returns {sold_count, live_hold_count} for the sale, or {status} for one item,
 -- status one of available, held, sold; {"unready"} when the sale's state is not known
--- complete (new sale, or Redis lost its data): the caller prepares it and asks again.
+-- complete under this server id (new sale, or Redis lost data): the caller prepares it and asks again.
 
-if redis.call('EXISTS', KEYS[4]) == 0 then
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then
   return {'unready'}
 end
 local t = redis.call('TIME')

@@ -4,8 +4,13 @@ Every worker runs one. They share a consumer group per sale stream, so each entr
 by one of them; an entry stays pending until its batch is committed, and only then is it
 acknowledged and deleted. Entries left pending by a worker that died are claimed by another
 after CLAIM_IDLE_MS. Rows are keyed so that writing an entry twice is harmless. An entry that
-cannot become its row (it does not decode, or PostgreSQL refuses the row) is kept in
-outbox_rejects and acknowledged: one bad entry never blocks the ones behind it.
+cannot become its row (it does not decode, PostgreSQL refuses the row, or it was delivered
+MAX_DELIVERIES times without being written) is kept in outbox_rejects and acknowledged: one
+bad entry never blocks the ones behind it.
+
+It reads every sale in the outbox registry (engine/keys.py), whatever the sale's age, so an
+outage of PostgreSQL longer than a sale loses nothing; once an ended sale's stream is empty
+and acknowledged it is deleted and leaves the registry.
 """
 
 from __future__ import annotations
@@ -16,23 +21,25 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 import coredis
 import msgspec
+from coredis.response.types import StreamPendingExt
 
+from notsale import outbox
 from notsale.config import Settings
-from notsale.engine.clock import current_sale
-from notsale.engine.sale import REDIS_DOWN, sale_keys
+from notsale.engine.client import REDIS_DOWN
+from notsale.engine.clock import current_sale, now_ms
+from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 from notsale.store.rows import (
-    ENTRY_UNREADABLE,
-    ROW_REFUSED,
     AttemptRow,
     PurchaseRow,
+    Refused,
     RejectRow,
-    rows_from_entry,
+    is_row_fault,
     write_rejects,
     write_rows,
 )
@@ -40,7 +47,7 @@ from notsale.store.rows import (
 log = logging.getLogger(__name__)
 
 GROUP = "flushers"
-# Up to this many entries per stream go into one batch: large enough to keep up with a
+# Up to this many entries per read go into one batch: large enough to keep up with a
 # stampede in a few commits a second, small enough to keep one transaction short.
 BATCH_MAX = 1000
 # After a batch that emptied the outbox, wait this long before reading again, so the next
@@ -50,18 +57,32 @@ BATCH_MAX = 1000
 SETTLE_S = 0.05
 # How long one read waits for new entries; also how often the flusher notices a new sale.
 BLOCK_MS = 100
-# A pending entry idle this long belongs to a worker presumed dead (a batch commits in
-# milliseconds); another takes it over. Taking over a live worker's entry is harmless: rows
-# are keyed, so one written twice is dropped.
-CLAIM_IDLE_MS = 5_000
+# One batch's writing, row-by-row fallback included, ends within this long or is abandoned
+# (its entries stay pending and are read again).
+BATCH_DEADLINE_S = 10.0
+# A pending entry idle this long belongs to a worker presumed dead: longer than any batch may
+# take (BATCH_DEADLINE_S), so a live worker's batch is never taken over. Taking one over
+# would be harmless anyway: rows are keyed, so one written twice is dropped.
+CLAIM_IDLE_MS = 15_000
 CLAIM_EVERY_S = 2.0
+# An entry handed out this many times without being written kills or jams whoever takes it:
+# it goes to outbox_rejects instead of being handed out again.
+MAX_DELIVERIES = 5
+# How often the registry of outboxes is read, and ended sales' streams are cleaned up.
+REGISTRY_EVERY_S = 1.0
+CLEANUP_EVERY_S = 10.0
+# A sale's stream takes no entries once its holds are over; it is deleted only this long
+# after the sale's end, past any clock skew between workers and Redis.
+ENDED_GRACE_MS = 60_000
+# A consumer with nothing pending that has not read for this long is a worker gone.
+DEAD_CONSUMER_IDLE_MS = 600_000
 # After a failure (store unreachable), wait this long before trying again.
 RETRY_DELAY_S = 0.5
 # On shutdown, keep draining the outbox this long at most (granian waits for the lifespan).
 DRAIN_TIMEOUT_S = 5.0
 
 # NOGROUP, or "the stream key no longer exists" while blocked: the stream vanished (Redis
-# restarted empty, keys flushed); its group is made anew.
+# restarted empty, keys flushed, the stream cleaned up); its group is made anew if needed.
 STREAM_GONE = (coredis.exceptions.StreamConsumerGroupError, coredis.exceptions.UnblockedError)
 
 
@@ -75,8 +96,9 @@ class Logged(NamedTuple):
     purchase: PurchaseRow | None
 
 
-def reject(stream: str, entry_id: str, fields: dict[str, str], exc: Exception) -> RejectRow:
-    return RejectRow(stream, entry_id, msgspec.json.encode(fields).decode(), repr(exc))
+def reject(stream: str, entry_id: str, fields: dict[str, str], why: object) -> RejectRow:
+    error = why if isinstance(why, str) else repr(why)
+    return RejectRow(stream, entry_id, msgspec.json.encode(fields).decode(), error)
 
 
 def consumer_name() -> str:
@@ -93,8 +115,9 @@ class Flusher:
         sale_ids: Sequence[int] | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
     ) -> None:
-        """`sale_ids` pins the sales whose outboxes it reads (default: the running sale and
-        the one before); `claim_idle_ms` 0 takes over every pending entry (reconcile)."""
+        """`sale_ids` pins the sales whose outboxes it reads (default: every registered one
+        and the running sale and the one before); `claim_idle_ms` 0 takes over every pending
+        entry (reconcile)."""
         self._redis = redis
         self._pool = pool
         self._settings = settings
@@ -102,12 +125,13 @@ class Flusher:
         self._claim_idle_ms = claim_idle_ms
         self.consumer = consumer_name()
         self._groups: set[str] = set()
+        self._registered: set[int] = set()
         # True while this consumer may own pending entries it has not written yet (after a
         # start, a failed batch or a claim): they are read again from id 0 before new ones.
         self._backlog = True
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._next_claim = 0.0
+        self._next_claim = self._next_registry = self._next_cleanup = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="notsale-flusher")
@@ -129,14 +153,6 @@ class Flusher:
                     except STREAM_GONE:
                         self._groups.clear()
 
-    def _streams(self) -> dict[int, str]:
-        # Decisions land in the running sale's stream; just after a rollover, late ones may
-        # still land in the previous sale's.
-        if self._sale_ids is not None:
-            return {s: sale_keys(s).outbox for s in self._sale_ids}
-        sale = current_sale(self._settings.sale_seconds)
-        return {s: sale_keys(s).outbox for s in (sale - 1, sale)}
-
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -149,7 +165,7 @@ class Flusher:
                 self._groups.clear()
                 continue
             except (*REDIS_DOWN, *PG_DOWN) as exc:
-                log.warning("flusher paused: a store is unreachable", extra={"error": repr(exc)})
+                log.warning("flusher paused: a store failed", extra={"error": repr(exc)})
             except Exception:
                 # Never let the flusher die with the worker still serving: log, wait, retry.
                 log.exception("flusher batch failed")
@@ -157,11 +173,30 @@ class Flusher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), RETRY_DELAY_S)
 
+    async def _streams(self) -> dict[int, str]:
+        """The sales to read: every registered one, and the running one and the one before
+        (decisions land in the running sale's stream; just after a rollover, late ones may
+        still land in the previous sale's)."""
+        if self._sale_ids is not None:
+            return {s: sale_keys(s).outbox for s in self._sale_ids}
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_registry:
+            self._next_registry = loop.time() + REGISTRY_EVERY_S
+            members = await self._redis.smembers(OUTBOX_REGISTRY)
+            self._registered = {int(m) for m in members if m.isdigit()}
+        sale = current_sale(self._settings.sale_seconds)
+        if loop.time() >= self._next_cleanup:
+            self._next_cleanup = loop.time() + CLEANUP_EVERY_S
+            await self._clean_up(sale)
+        return {s: sale_keys(s).outbox for s in sorted(self._registered | {sale - 1, sale})}
+
     async def flush_once(self, block_ms: int = BLOCK_MS) -> int:
         """Read one batch, commit it, acknowledge it. Returns how many entries it wrote."""
-        streams = self._streams()
-        for key in streams.values():
-            await self._ensure_group(key)
+        streams = {
+            sale: key for sale, key in (await self._streams()).items() if await self._group(key)
+        }
+        if not streams:
+            return 0
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_claim:
             self._next_claim = loop.time() + CLAIM_EVERY_S
@@ -178,62 +213,72 @@ class Flusher:
         rejects: list[RejectRow] = []
         done: dict[str, list[str]] = {}
         for key, entries in (reply or {}).items():
-            sale_id = by_key[key]
             for entry in entries:
                 done.setdefault(key, []).append(entry.identifier)
                 if not entry.field_values:
                     continue  # deleted while pending: nothing left to write, only to ack
                 fields = entry.field_values
                 try:
-                    attempt, purchase = rows_from_entry(sale_id, entry.identifier, fields["e"])
-                except ENTRY_UNREADABLE as exc:
+                    attempt, purchase = outbox.rows(by_key[key], entry.identifier, fields["e"])
+                except outbox.UNREADABLE as exc:
                     rejects.append(reject(key, entry.identifier, fields, exc))
                     continue
                 logged.append(Logged(key, entry.identifier, fields, attempt, purchase))
         if not done:
             return 0
-        async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-            clashes = await self._write(conn, logged, rejects)
+        async with (
+            asyncio.timeout(BATCH_DEADLINE_S),
+            self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn,
+        ):
+            await self._write(conn, logged, rejects)
             if rejects:
                 await write_rejects(conn, rejects)
                 log.error(
                     "outbox entries refused; kept in outbox_rejects",
                     extra={"count": len(rejects), "first": rejects[0].error},
                 )
-        if clashes:
-            log.error("outbox purchases clash with stored ones", extra={"codes": sorted(clashes)})
+        await self._acknowledge(done)
+        return sum(len(ids) for ids in done.values())
+
+    async def _acknowledge(self, done: dict[str, list[str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, ids in done.items():
                 pipe.xack(key, GROUP, ids)
                 pipe.xdel(key, ids)
-        return sum(len(ids) for ids in done.values())
 
     async def _write(
         self, conn: asyncpg.Connection, logged: list[Logged], rejects: list[RejectRow]
-    ) -> set[str]:
-        """Write the batch; if PostgreSQL refuses a row of it, write its rows one by one and
-        add the refused ones to `rejects`, so that one bad entry never blocks the outbox."""
+    ) -> None:
+        """Write the batch; if a row of it is at fault (anything but PostgreSQL failing),
+        write its rows one by one and add the faulty ones to `rejects`, so that one bad entry
+        never blocks the outbox. Purchases PostgreSQL refuses are rejects too."""
         try:
-            return await write_rows(
-                conn,
-                [e.attempt for e in logged if e.attempt is not None],
-                [e.purchase for e in logged if e.purchase is not None],
-                QUERY_TIMEOUT_S,
-            )
-        except ROW_REFUSED:
+            refused = await self._rows(conn, logged)
+        except Exception as exc:
+            if not is_row_fault(exc):
+                raise
             log.warning("a row of the batch was refused; writing them one by one")
-        clashes: set[str] = set()
+            refused = {}
+            for e in logged:
+                try:
+                    refused |= await self._rows(conn, [e])
+                except Exception as exc:
+                    if not is_row_fault(exc):
+                        raise
+                    rejects.append(reject(e.stream, e.entry_id, e.fields, exc))
         for e in logged:
-            try:
-                clashes |= await write_rows(
-                    conn,
-                    [] if e.attempt is None else [e.attempt],
-                    [] if e.purchase is None else [e.purchase],
-                    QUERY_TIMEOUT_S,
-                )
-            except ROW_REFUSED as exc:
-                rejects.append(reject(e.stream, e.entry_id, e.fields, exc))
-        return clashes
+            if e.purchase is not None and e.purchase.code in refused:
+                why = f"purchase refused by PostgreSQL: {refused[e.purchase.code]}"
+                rejects.append(reject(e.stream, e.entry_id, e.fields, why))
+
+    async def _rows(self, conn: asyncpg.Connection, logged: list[Logged]) -> Refused:
+        return await write_rows(
+            conn,
+            [e.attempt for e in logged if e.attempt is not None],
+            [e.purchase for e in logged if e.purchase is not None],
+            self._settings.user_limit,
+            QUERY_TIMEOUT_S,
+        )
 
     async def _read(self, keys: Iterable[str], start: str, block_ms: int | None) -> Any:
         return await self._redis.xreadgroup(
@@ -244,29 +289,76 @@ class Flusher:
             block=block_ms,
         )
 
-    async def _ensure_group(self, key: str) -> None:
+    async def _group(self, key: str) -> bool:
+        """Make sure the stream has the flushers' group; False if the stream is gone (a
+        cleaned-up sale's: it is not made again)."""
         if key in self._groups:
-            return
+            return True
+        sale = int(key[key.index(":") + 1 : key.index("}")])
+        if self._sale_ids is None and sale in self._registered:
+            if not await self._redis.exists([key]):
+                return False
+        else:
+            # A stream made here is registered first, so that it is cleaned up in time.
+            await self._redis.sadd(OUTBOX_REGISTRY, [str(sale)])
         # From id 0, so entries logged before any flusher ran are not skipped. Another
         # worker may have created it first: that is fine.
         with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
             await self._redis.xgroup_create(key, GROUP, "0", mkstream=True)
         self._groups.add(key)
+        return True
 
     async def _claim(self, keys: Iterable[str]) -> None:
+        """Take over the entries a silent flusher left pending; set aside those handed out
+        MAX_DELIVERIES times already."""
         for key in keys:
-            reply = await self._redis.xautoclaim(
-                key,
-                GROUP,
-                self.consumer,
-                self._claim_idle_ms,
-                "0-0",
-                count=BATCH_MAX,
-                justid=True,
+            pending = await self._redis.xpending(
+                key, GROUP, "-", "+", BATCH_MAX, idle=self._claim_idle_ms
             )
-            if reply[1]:
-                log.info(
-                    "claimed entries of a silent flusher",
-                    extra={"stream": key, "count": len(reply[1])},
-                )
-                self._backlog = True
+            pending = cast(tuple[StreamPendingExt, ...], pending)
+            if not pending:
+                continue
+            poison = [str(p.identifier) for p in pending if p.delivered >= MAX_DELIVERIES]
+            claimed = await self._redis.xclaim(
+                key, GROUP, self.consumer, self._claim_idle_ms, [p.identifier for p in pending]
+            )
+            self._backlog = True
+            log.info(
+                "claimed entries of a silent flusher", extra={"stream": key, "count": len(claimed)}
+            )
+            if poison:
+                await self._set_aside(key, poison, claimed)
+
+    async def _set_aside(self, key: str, ids: list[str], claimed: Sequence[Any]) -> None:
+        entries = {e.identifier: e.field_values for e in claimed if e.identifier in ids}
+        why = f"delivered {MAX_DELIVERIES} times without being written"
+        rejects = [reject(key, i, dict(f or {}), why) for i, f in entries.items()]
+        async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
+            await write_rejects(conn, rejects)
+        await self._acknowledge({key: list(entries)})
+        log.error("outbox entries set aside", extra={"stream": key, "count": len(rejects)})
+
+    async def _clean_up(self, running: int) -> None:
+        """Delete the streams of ended sales that hold nothing unwritten, and forget them;
+        drop consumers (workers gone) with nothing pending from the streams that remain."""
+        ended_before = current_sale(self._settings.sale_seconds, now_ms() - ENDED_GRACE_MS)
+        for sale in sorted(self._registered):
+            key = sale_keys(sale).outbox
+            if sale < min(ended_before, running - 1):
+                # An entry stays in the stream until written (XACK, then XDEL): empty means
+                # nothing is left unwritten, whatever is still listed as pending.
+                if await self._redis.xlen(key) == 0:
+                    await self._redis.delete([key])
+                    await self._redis.srem(OUTBOX_REGISTRY, [str(sale)])
+                    self._registered.discard(sale)
+                    self._groups.discard(key)
+                    log.info("outbox of an ended sale deleted", extra={"sale_id": sale})
+                continue
+            if key in self._groups:
+                await self._drop_dead_consumers(key)
+
+    async def _drop_dead_consumers(self, key: str) -> None:
+        for consumer in await self._redis.xinfo_consumers(key, GROUP):
+            name, idle = str(consumer["name"]), int(consumer["idle"] or 0)
+            if name != self.consumer and consumer["pending"] == 0 and idle > DEAD_CONSUMER_IDLE_MS:
+                await self._redis.xgroup_delconsumer(key, GROUP, name)

@@ -2,8 +2,10 @@
 
 Redis decides, but PostgreSQL remembers: if Redis loses a sale's keys (restart without
 persistence, FLUSHDB), every purchase answered 200 is still in PostgreSQL. sale.lua refuses
-checkouts of a sale whose "ready" key is missing; the first worker to see that rebuilds
-the sale from PostgreSQL here (also done by `notsale reconcile`), so no item is sold twice.
+checkouts of a sale whose "ready" key is missing or names another Redis server (a restart
+that may have reloaded older data, a failover to a lagging replica); the first worker to see
+that rebuilds the sale from PostgreSQL here (also done by `notsale reconcile`), so no item
+is sold twice and no user counted short.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import coredis
 import msgspec
 
 from notsale.config import Settings
+from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import sale_window
-from notsale.engine.sale import KEEP_AFTER_SALE_MS, REDIS_DOWN, SCRIPTS_DIR, sale_keys
-from notsale.errors import ErrorCode, NotsaleError
+from notsale.engine.keys import sale_keys, unlogged_key
+from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
+from notsale.errors import Store, Unavailable
 from notsale.store.flusher import Flusher
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 
@@ -27,7 +31,10 @@ log = logging.getLogger(__name__)
 
 # Purchases per reconcile.lua run: keeps each run (which blocks Redis) to a few milliseconds.
 CHUNK_PURCHASES = 500
-SCRIPT = SCRIPTS_DIR / "reconcile.lua"
+# One worker's callers share one rebuild, which ends within this long; after a failed one
+# they are refused at once for this long before the next try.
+REBUILD_DEADLINE_S = 10.0
+REBUILD_RETRY_S = 1.0
 
 
 class Difference(msgspec.Struct, frozen=True):
@@ -40,25 +47,55 @@ class Reconciler:
         self._redis = redis
         self._pool = pool
         self._settings = settings
-        self._script = redis.register_script(SCRIPT.read_text())
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._script = redis.register_script((SCRIPTS_DIR / "reconcile.lua").read_text())
+        self._ahead = redis.register_script((SCRIPTS_DIR / "ahead.lua").read_text())
+        self._rebuilds: dict[int, asyncio.Future[None]] = {}
+        self._failed_at: dict[int, float] = {}
 
-    async def ensure_ready(self, sale_id: int) -> None:
-        """Rebuild the sale unless it is marked ready; one rebuild at a time per sale."""
-        lock = self._locks.setdefault(sale_id, asyncio.Lock())
-        async with lock:
-            try:
-                if await self._redis.exists([sale_keys(sale_id).ready]):
+    async def ensure_ready(self, sale_id: int, server: str) -> None:
+        """Rebuild the sale unless it is marked ready under this Redis server id. The callers
+        of one worker share one rebuild; after a failed one they are refused at once for
+        REBUILD_RETRY_S, so a slow PostgreSQL is asked once, not once per caller."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._failed_at.get(sale_id, -REBUILD_RETRY_S) < REBUILD_RETRY_S:
+            raise Unavailable(Store.POSTGRES, "The sale is being prepared; retry.")
+        rebuild = self._rebuilds.get(sale_id)
+        if rebuild is None:
+            rebuild = self._rebuilds[sale_id] = loop.create_task(self._prepare(sale_id, server))
+            rebuild.add_done_callback(lambda _: self._rebuilds.pop(sale_id, None))
+        await asyncio.shield(rebuild)
+
+    async def _prepare(self, sale_id: int, server: str) -> None:
+        try:
+            async with asyncio.timeout(REBUILD_DEADLINE_S):
+                if await self._redis.get(sale_keys(sale_id).ready) == server:
                     return
-                restored = await self.rebuild(sale_id)
-            except (*PG_DOWN, *REDIS_DOWN) as exc:
-                # The sale cannot be known complete now: refuse, having changed nothing.
-                raise NotsaleError(ErrorCode.UNAVAILABLE) from exc
-            if restored:
-                log.warning(
-                    "sale rebuilt from PostgreSQL",
-                    extra={"sale_id": sale_id, "purchases_restored": restored},
-                )
+                restored = await self.rebuild(sale_id, server)
+        except (*PG_DOWN, *REDIS_DOWN) as exc:
+            # The sale cannot be known complete now: refuse, having changed nothing.
+            self._failed_at[sale_id] = asyncio.get_running_loop().time()
+            # Only Redis' own errors are surely Redis': a bare timeout may be either's, and
+            # naming PostgreSQL then makes the attempt's row try Redis first (see outbox.py).
+            redis_failed = isinstance(exc, coredis.exceptions.RedisError)
+            store = Store.REDIS if redis_failed else Store.POSTGRES
+            raise Unavailable(store, "The sale is being prepared; retry.") from exc
+        self._failed_at.pop(sale_id, None)
+        if restored:
+            log.warning(
+                "sale rebuilt from PostgreSQL",
+                extra={"sale_id": sale_id, "purchases_restored": restored},
+            )
+
+    async def mark_ahead(self, sale_id: int, server: str) -> bool:
+        """Mark a sale that has not started yet ready (see ahead.lua); False once it has."""
+        window = sale_window(sale_id, self._settings.sale_seconds)
+        args = [window.starts_ms, server, window.ends_ms + KEEP_AFTER_SALE_MS]
+        return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
+
+    async def invalidate(self, sale_id: int) -> None:
+        """Make the next checkout of the sale rebuild it (PostgreSQL refused what Redis
+        decided: Redis lost writes)."""
+        await self._redis.delete([sale_keys(sale_id).ready])
 
     async def drain(self, sale_id: int) -> int:
         """Write every entry still in the sale's outbox, whoever's it was. Returns how many."""
@@ -70,12 +107,13 @@ class Reconciler:
             total += written
         return total
 
-    async def rebuild(self, sale_id: int) -> int:
+    async def rebuild(self, sale_id: int, server: str) -> int:
         """Replay the outbox, then restore the sale's purchases and user counts in Redis and
-        mark it ready. Returns the number of purchases Redis did not know."""
+        mark it ready under `server`. Returns the number of purchases Redis did not know."""
         await self.drain(sale_id)
         rows = await self._pool.fetch(
-            "SELECT item_id, user_id, code, purchased_at FROM purchases WHERE sale_id = $1",
+            "SELECT item_id, user_id, code, purchased_at, user_seq FROM purchases"
+            " WHERE sale_id = $1",
             sale_id,
             timeout=QUERY_TIMEOUT_S,
         )
@@ -86,16 +124,22 @@ class Reconciler:
                 r["user_id"],
                 r["code"],
                 round(r["purchased_at"].timestamp() * 1000),
+                r["user_seq"],
             ]
             for r in rows
         ]
-        ops += [["u", user, n] for user, n in Counter(r["user_id"] for r in rows).items()]
+        # A user's count is their highest seq: after a lost purchase it is above the number
+        # of rows, and counting from there never reuses a seq PostgreSQL has (sql/003).
+        highest: dict[str, int] = {}
+        for r in rows:
+            highest[r["user_id"]] = max(highest.get(r["user_id"], 0), r["user_seq"])
+        ops += [["u", user, n] for user, n in highest.items()]
         expires = sale_window(sale_id, self._settings.sale_seconds).ends_ms + KEEP_AFTER_SALE_MS
         restored = 0
         for start in range(0, max(len(ops), 1), CHUNK_PURCHASES):
             chunk = ops[start : start + CHUNK_PURCHASES]
             last = start + CHUNK_PURCHASES >= len(ops)
-            args = [expires, "1" if last else "0", *(w for op in chunk for w in op)]
+            args = [expires, server if last else "", *(w for op in chunk for w in op)]
             restored += int(await self._script(keys=sale_keys(sale_id), args=args))
         return restored
 
@@ -148,5 +192,10 @@ class Reconciler:
         if rejected:
             found.append(
                 Difference("rejected", f"{rejected} outbox entries kept in outbox_rejects")
+            )
+        unlogged = int(await self._redis.get(unlogged_key(sale_id)) or 0)
+        if unlogged:
+            found.append(
+                Difference("unlogged", f"{unlogged} checkout attempts counted, no store took")
             )
         return found

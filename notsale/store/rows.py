@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import asyncpg
 import msgspec
 
-from notsale.engine.sale import EVENT_DECODER, OutboxEvent
+from notsale.errors import ErrorCode
 
 INT64_MAX = 2**63 - 1
 ASCII_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
@@ -23,25 +23,34 @@ ATTEMPT_COLUMNS = (
     "outcome",
     "raw_query",
     "attempted_at",
+    "decided",
 )
-PURCHASE_COLUMNS = ("sale_id", "item_id", "user_id", "code", "purchased_at")
+PURCHASE_COLUMNS = ("sale_id", "item_id", "user_id", "code", "purchased_at", "user_seq")
+
+# Two rows of one request (its decision from the outbox, and the `unavailable` row written
+# when its answer was 503) become one: outcome stays what the client was answered, and
+# `decided` keeps what Redis decided. A row written twice (a replayed entry) changes nothing.
+ON_ATTEMPT_CONFLICT = """
+ON CONFLICT (id) DO UPDATE SET
+  outcome = 'unavailable',
+  decided = CASE WHEN checkout_attempts.outcome = 'unavailable'
+                 THEN EXCLUDED.outcome ELSE checkout_attempts.outcome END,
+  code = coalesce(checkout_attempts.code, EXCLUDED.code)
+WHERE (checkout_attempts.outcome = 'unavailable') <> (EXCLUDED.outcome = 'unavailable')
+"""
+# A purchase is stored unless its item is stored under another code, or it would take its
+# user past the limit ($1): its user_seq is beyond it or already taken (see sql/003).
+PURCHASE_FILTER = "WHERE user_seq BETWEEN 1 AND $1 ON CONFLICT DO NOTHING"
 
 # Each pooled connection gets these staging tables once. A batch is COPYed into them, then
-# moved with INSERT … ON CONFLICT DO NOTHING, so a row written twice (a replayed stream entry,
-# a retried purchase) is harmless; ON COMMIT DELETE ROWS empties them at every commit.
+# moved with INSERT … ON CONFLICT, so a row written twice (a replayed stream entry, a retried
+# purchase) is harmless; ON COMMIT DELETE ROWS empties them at every commit.
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS attempts_stage (LIKE checkout_attempts) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS purchases_stage (LIKE purchases) ON COMMIT DELETE ROWS;
 """
-MOVE_ATTEMPTS = "INSERT INTO checkout_attempts SELECT * FROM attempts_stage ON CONFLICT DO NOTHING"
-MOVE_PURCHASES = "INSERT INTO purchases SELECT * FROM purchases_stage ON CONFLICT DO NOTHING"
-# Staged purchases whose item is already stored under another code: refused, never overwritten.
-CLASHING_PURCHASES = """
-SELECT s.code FROM purchases_stage s
-JOIN purchases p ON p.sale_id = s.sale_id AND p.item_id = s.item_id
-WHERE p.code <> s.code
-"""
-
+MOVE_ATTEMPTS = f"INSERT INTO checkout_attempts SELECT * FROM attempts_stage {ON_ATTEMPT_CONFLICT}"
+MOVE_PURCHASES = f"INSERT INTO purchases SELECT * FROM purchases_stage {PURCHASE_FILTER}"
 
 # A batch this large or larger goes by COPY; a smaller one as ONE statement (no explicit
 # transaction: one round trip). Measured (bench/test_micro.py, test_write_attempts): it is
@@ -53,23 +62,25 @@ COPY_FROM_ROWS = 1000
 INSERT_ROWS = f"""
 WITH attempt AS (
   INSERT INTO checkout_attempts ({", ".join(ATTEMPT_COLUMNS)})
-  SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
-                       $6::text[], $7::text[], $8::timestamptz[])
-  ON CONFLICT DO NOTHING
+  SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+                       $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+  {ON_ATTEMPT_CONFLICT}
 ), purchase AS (
-  SELECT * FROM unnest($9::bigint[], $10::integer[], $11::text[], $12::text[],
-                       $13::timestamptz[]) AS p ({", ".join(PURCHASE_COLUMNS)})
+  SELECT * FROM unnest($11::bigint[], $12::integer[], $13::text[], $14::text[],
+                       $15::timestamptz[], $16::integer[]) AS p ({", ".join(PURCHASE_COLUMNS)})
 ), stored AS (
   INSERT INTO purchases ({", ".join(PURCHASE_COLUMNS)}) SELECT * FROM purchase
-  ON CONFLICT DO NOTHING RETURNING code
+  {PURCHASE_FILTER} RETURNING code
 )
 SELECT code FROM purchase WHERE code NOT IN (SELECT code FROM stored)
 """
-# Of those, the ones no stored purchase has: their item is stored under another code. A
-# statement of its own, so that it sees a row another writer committed while the insert
-# waited on it (a flusher writing the same purchase from the outbox).
-UNSTORED_CODES = """
-SELECT code FROM unnest($1::text[]) AS c (code)
+# Of those, the ones no stored purchase has, and why: their item is stored under another
+# code, or their user is at the limit. A statement of its own, so that it sees a row another
+# writer committed while the insert waited on it (a flusher writing the same purchase).
+UNSTORED = """
+SELECT c.code, EXISTS (SELECT 1 FROM purchases p
+                       WHERE p.sale_id = c.sale_id AND p.item_id = c.item_id) AS item_taken
+FROM unnest($1::text[], $2::bigint[], $3::integer[]) AS c (code, sale_id, item_id)
 WHERE NOT EXISTS (SELECT 1 FROM purchases p WHERE p.code = c.code)
 """
 
@@ -83,6 +94,7 @@ class AttemptRow(msgspec.Struct, frozen=True):
     outcome: str
     raw_query: str | None
     attempted_at: dt.datetime
+    decided: str | None = None
 
 
 class RejectRow(msgspec.Struct, frozen=True):
@@ -100,6 +112,11 @@ class PurchaseRow(msgspec.Struct, frozen=True):
     user_id: str
     code: str
     purchased_at: dt.datetime
+    user_seq: int
+
+
+# The codes of purchases that were not stored, with the refusal each gets.
+Refused = dict[str, ErrorCode]
 
 
 def ms_to_datetime(ms: int) -> dt.datetime:
@@ -121,38 +138,43 @@ def storable(raw: str) -> str:
     return raw.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
-def attempt_row(row_id: str, sale_id: int, event: OutboxEvent) -> AttemptRow:
-    query = None if event.query is None else storable(event.query)
-    return AttemptRow(
-        row_id,
-        sale_id,
-        storable(event.user),
-        int_or_none(event.item),
-        event.code or None,
-        event.outcome,
-        query,
-        ms_to_datetime(int(event.time_ms)),
-    )
+def merged(attempts: Iterable[AttemptRow]) -> list[AttemptRow]:
+    """One row per id, as ON_ATTEMPT_CONFLICT would leave them (one statement may not
+    update a row twice)."""
+    by_id: dict[str, AttemptRow] = {}
+    for row in attempts:
+        first = by_id.setdefault(row.id, row)
+        unknown = {first.outcome == "unavailable", row.outcome == "unavailable"}
+        if len(unknown) == 2:
+            decided = row if first.outcome == "unavailable" else first
+            by_id[row.id] = msgspec.structs.replace(
+                first,
+                outcome="unavailable",
+                decided=decided.outcome,
+                code=first.code or row.code,
+            )
+    return list(by_id.values())
 
 
-# What rows_from_entry raises for an entry that is not one sale.lua or the API writes.
-ENTRY_UNREADABLE = (KeyError, ValueError, OverflowError, OSError, msgspec.MsgspecError)
+# A failure of the rows themselves (a value PostgreSQL or the driver cannot take, a violated
+# constraint): writing them again fails again, so they are isolated and set aside. Anything
+# else PostgreSQL says (down, read-only, too many connections, shutting down) is of the moment.
+ROW_FAULTS = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.InterfaceError,  # includes the driver's refusal of an argument
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+STORE_FAULTS = (OSError, TimeoutError, asyncpg.exceptions.PostgresError)
 
 
-def rows_from_entry(
-    sale_id: int, entry_id: str, payload: str | bytes
-) -> tuple[AttemptRow | None, PurchaseRow | None]:
-    """One outbox stream entry (see engine/sale.lua) as the row it logs."""
-    event = EVENT_DECODER.decode(payload)
-    if event.kind == "p":
-        at = ms_to_datetime(int(event.time_ms))
-        return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at)
-    return attempt_row(f"{sale_id}:{entry_id}", sale_id, event), None
+def is_row_fault(exc: BaseException) -> bool:
+    """True unless PostgreSQL itself failed or refused (then the rows wait and are retried)."""
+    return isinstance(exc, ROW_FAULTS) or not isinstance(exc, STORE_FAULTS)
 
 
-# PostgreSQL's answer when a row itself is wrong (bad value, violated constraint), as opposed
-# to a failure of the moment: writing the same row again would fail again.
-ROW_REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 INSERT_REJECTS = """
 INSERT INTO outbox_rejects (stream, entry_id, payload, error) VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING
@@ -172,12 +194,25 @@ async def write_rows(
     conn: asyncpg.Connection,
     attempts: Sequence[AttemptRow],
     purchases: Sequence[PurchaseRow],
+    user_limit: int,
     timeout: float,
-) -> set[str]:
-    """Write both batches atomically; returns the codes of clashing purchases."""
+) -> Refused:
+    """Write both batches atomically; returns the purchases refused and why."""
+    attempts = merged(attempts)
     if len(attempts) + len(purchases) >= COPY_FROM_ROWS:
-        return await copy_rows(conn, attempts, purchases, timeout)
-    return await insert_rows(conn, attempts, purchases, timeout)
+        await copy_rows(conn, attempts, purchases, user_limit, timeout)
+        skipped = {p.code for p in purchases}  # checked below, all of them
+    else:
+        skipped = await insert_rows(conn, attempts, purchases, user_limit, timeout)
+    if not skipped:
+        return {}
+    candidates = [p for p in purchases if p.code in skipped]
+    arrays = [[p.code for p in candidates], [p.sale_id for p in candidates]]
+    arrays.append([p.item_id for p in candidates])
+    return {
+        r["code"]: ErrorCode.ITEM_SOLD if r["item_taken"] else ErrorCode.USER_LIMIT
+        for r in await conn.fetch(UNSTORED, *arrays, timeout=timeout)
+    }
 
 
 def columns(rows: Sequence[msgspec.Struct], width: int) -> list[list[object]]:
@@ -191,50 +226,40 @@ async def insert_rows(
     conn: asyncpg.Connection,
     attempts: Sequence[AttemptRow],
     purchases: Sequence[PurchaseRow],
+    user_limit: int,
     timeout: float,
 ) -> set[str]:
-    """write_rows as one statement (and a second one only when a purchase was not stored)."""
+    """write_rows as one statement; returns the codes of the purchases it did not store."""
     arrays = [
         *columns(attempts, len(ATTEMPT_COLUMNS)),
         *columns(purchases, len(PURCHASE_COLUMNS)),
     ]
-    skipped = [r["code"] for r in await conn.fetch(INSERT_ROWS, *arrays, timeout=timeout)]
-    if not skipped:
-        return set()
-    return {r["code"] for r in await conn.fetch(UNSTORED_CODES, skipped, timeout=timeout)}
+    return {r["code"] for r in await conn.fetch(INSERT_ROWS, user_limit, *arrays, timeout=timeout)}
 
 
 async def copy_rows(
     conn: asyncpg.Connection,
     attempts: Sequence[AttemptRow],
     purchases: Sequence[PurchaseRow],
+    user_limit: int,
     timeout: float,
-) -> set[str]:
+) -> None:
     """write_rows by COPY into staging tables, then INSERT … ON CONFLICT, in a transaction."""
-    clashes: set[str] = set()
     async with conn.transaction():
-        await _stage_and_move(
-            conn, "attempts_stage", ATTEMPT_COLUMNS, attempts, MOVE_ATTEMPTS, timeout
-        )
-        if await _stage_and_move(
-            conn, "purchases_stage", PURCHASE_COLUMNS, purchases, MOVE_PURCHASES, timeout
-        ):
-            clashes = {r["code"] for r in await conn.fetch(CLASHING_PURCHASES, timeout=timeout)}
-    return clashes
+        if attempts:
+            await _stage(conn, "attempts_stage", ATTEMPT_COLUMNS, attempts, timeout)
+            await conn.execute(MOVE_ATTEMPTS, timeout=timeout)
+        if purchases:
+            await _stage(conn, "purchases_stage", PURCHASE_COLUMNS, purchases, timeout)
+            await conn.execute(MOVE_PURCHASES, user_limit, timeout=timeout)
 
 
-async def _stage_and_move(
+async def _stage(
     conn: asyncpg.Connection,
     stage: str,
     columns: tuple[str, ...],
     rows: Sequence[msgspec.Struct],
-    move: str,
     timeout: float,
-) -> bool:
-    """COPY rows into a staging table, then into their table; False if there were none."""
-    if not rows:
-        return False
+) -> None:
     records = [msgspec.structs.astuple(r) for r in rows]
     await conn.copy_records_to_table(stage, records=records, columns=columns, timeout=timeout)
-    await conn.execute(move, timeout=timeout)
-    return True

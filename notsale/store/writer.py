@@ -17,22 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NamedTuple
 
 import asyncpg
 
-from notsale.errors import ErrorCode, NotsaleError
-from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, write_rows
+from notsale.errors import NotsaleError, Store, Unavailable
+from notsale.store.pool import QUERY_TIMEOUT_S
+from notsale.store.rows import AttemptRow, PurchaseRow, Refused, is_row_fault, write_rows
 
 log = logging.getLogger(__name__)
 
+# One commit, connection wait included, ends within this long, or its rows are answered 503.
+COMMIT_DEADLINE_S = 2 * QUERY_TIMEOUT_S
+
+
+class Waiting(NamedTuple):
+    attempt: AttemptRow | None
+    purchase: PurchaseRow | None
+    waiter: asyncio.Future[Refused]
+
 
 class GroupCommit:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, user_limit: int) -> None:
         self._pool = pool
-        self._attempts: list[AttemptRow] = []
-        self._purchases: list[PurchaseRow] = []
-        self._waiters: list[asyncio.Future[set[str]]] = []
+        self._user_limit = user_limit
+        self._waiting: list[Waiting] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -50,56 +59,78 @@ class GroupCommit:
             self._task = None
 
     async def write_purchase(self, row: PurchaseRow) -> None:
-        """Returns once the row is committed; refuses a purchase clashing with a stored one."""
-        clashes = await self._submit(purchase=row)
-        if row.code in clashes:
+        """Returns once the row is committed. PostgreSQL refuses a purchase whose item it has
+        stored under another code (409) or that would take its user past the limit (429)."""
+        refused = (await self._submit(None, row)).get(row.code)
+        if refused is not None:
             log.error(
-                "purchase refused: item already stored under another code",
-                extra={"sale_id": row.sale_id, "item_id": row.item_id},
+                "purchase refused by PostgreSQL: Redis is out of step with it",
+                extra={"sale_id": row.sale_id, "item_id": row.item_id, "refused": refused},
             )
-            raise NotsaleError(ErrorCode.ITEM_SOLD)
+            raise NotsaleError(refused)
 
     async def write_attempt(self, row: AttemptRow) -> None:
-        await self._submit(attempt=row)
+        await self._submit(row, None)
 
-    async def _submit(
-        self, *, purchase: PurchaseRow | None = None, attempt: AttemptRow | None = None
-    ) -> set[str]:
+    async def _submit(self, attempt: AttemptRow | None, purchase: PurchaseRow | None) -> Refused:
         if self._task is None or self._closing:
-            raise NotsaleError(ErrorCode.UNAVAILABLE, "The service is shutting down.")
-        if purchase is not None:
-            self._purchases.append(purchase)
-        if attempt is not None:
-            self._attempts.append(attempt)
-        waiter: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+            raise Unavailable(Store.POSTGRES, "The service is shutting down.")
+        waiter: asyncio.Future[Refused] = asyncio.get_running_loop().create_future()
+        self._waiting.append(Waiting(attempt, purchase, waiter))
         self._wake.set()
         return await waiter
 
     async def _run(self) -> None:
-        while not (self._closing and not self._waiters):
+        while not (self._closing and not self._waiting):
             await self._wake.wait()
             self._wake.clear()
-            if self._waiters:
+            if self._waiting:
                 await self._commit()
 
     async def _commit(self) -> None:
-        attempts, purchases, waiters = self._attempts, self._purchases, self._waiters
-        self._attempts, self._purchases, self._waiters = [], [], []
-        outcome: set[str] | BaseException
+        batch, self._waiting = self._waiting, []
+        outcomes: list[Refused | BaseException]
         try:
-            async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-                outcome = await write_rows(conn, attempts, purchases, QUERY_TIMEOUT_S)
-        except PG_DOWN as exc:
-            log.warning("group commit failed: PostgreSQL unreachable", extra={"error": repr(exc)})
-            outcome = NotsaleError(ErrorCode.UNAVAILABLE)
+            async with (
+                asyncio.timeout(COMMIT_DEADLINE_S),
+                self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn,
+            ):
+                outcomes = await self._write(conn, batch)
         except Exception as exc:
-            log.exception("group commit failed")
-            outcome = exc
-        for w in waiters:
-            if w.done():
+            # Down, read-only, out of connections, shutting down: the outcome is unknown.
+            log.warning("group commit failed", extra={"error": repr(exc)})
+            outcomes = [Unavailable(Store.POSTGRES)] * len(batch)
+        for (_, _, waiter), outcome in zip(batch, outcomes, strict=True):
+            if waiter.done():
                 continue
             if isinstance(outcome, BaseException):
-                w.set_exception(outcome)
+                waiter.set_exception(outcome)
             else:
-                w.set_result(outcome)
+                waiter.set_result(outcome)
+
+    async def _write(
+        self, conn: asyncpg.Connection, batch: list[Waiting]
+    ) -> list[Refused | BaseException]:
+        """The batch in one commit; if a row of it is at fault, each row on its own, so that
+        one bad row fails only its own request."""
+        try:
+            refused = await self._rows(conn, batch)
+            return [refused] * len(batch)
+        except Exception as exc:
+            if not is_row_fault(exc) or len(batch) == 1:
+                raise
+        outcomes: list[Refused | BaseException] = []
+        for one in batch:
+            try:
+                outcomes.append(await self._rows(conn, [one]))
+            except Exception as exc:
+                if not is_row_fault(exc):
+                    raise
+                log.error("row refused by PostgreSQL", extra={"error": repr(exc)})
+                outcomes.append(Unavailable(Store.POSTGRES))
+        return outcomes
+
+    async def _rows(self, conn: asyncpg.Connection, batch: list[Waiting]) -> Refused:
+        attempts = [w.attempt for w in batch if w.attempt is not None]
+        purchases = [w.purchase for w in batch if w.purchase is not None]
+        return await write_rows(conn, attempts, purchases, self._user_limit, QUERY_TIMEOUT_S)
