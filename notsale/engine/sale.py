@@ -66,6 +66,9 @@ class SaleEngine:
         self._requests = itertools.count(1)
         # The Redis server id (run_id) this worker believes it talks to (see watch.py).
         self.server: str | None = None
+        # Set by a failed call: the next decision asks Redis who it is first (a restart or a
+        # failover breaks connections), so a rolled-back Redis is rarely trusted even once.
+        self._verify = False
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
 
     def new_request_id(self) -> str:
@@ -84,6 +87,7 @@ class SaleEngine:
             raise Unavailable(Store.REDIS) from exc
         if server != self.server:
             self.server_changed(server)
+        self._verify = False
         return server
 
     async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
@@ -91,12 +95,15 @@ class SaleEngine:
         try:
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
+            self._verify = True
             raise Unavailable(Store.REDIS) from exc
 
     async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
         s = self.settings
-        server = self.server or await self.refresh_server()
+        server = self.server
+        if server is None or self._verify:
+            server = await self.refresh_server()
         if sale_id not in self._registered:
             # Before the sale's first entry: the flushers find every outbox in the registry.
             try:

