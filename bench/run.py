@@ -24,12 +24,12 @@ from pathlib import Path
 from statistics import median
 
 import asyncpg
-import coredis
 import httpx
 
 from bench.probe import probe
 from bench.probe import summary as probe_summary
 from notsale.config import Settings
+from notsale.engine.client import connect
 from notsale.store.migrations import migrate, with_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def fresh_stores(base: Settings) -> tuple[str, str]:
     redis_url = with_path(base.redis_url, f"/{BENCH_REDIS_DB}")
 
     async def flush() -> None:
-        async with coredis.Redis.from_url(redis_url) as redis:
+        async with connect(redis_url) as redis:
             await redis.flushdb()
 
     asyncio.run(flush())

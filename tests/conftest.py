@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import coredis
 import httpx
 import msgspec
 import pytest
@@ -55,7 +54,7 @@ async def stores() -> AsyncIterator[Stores]:
     admin = await asyncpg.connect(BASE.database_url)
     claim_url = with_path(BASE.redis_url, "/0")
     # coredis clients are entered and left within one task, so each step opens its own.
-    async with coredis.Redis.from_url(claim_url) as claims:
+    async with connect(claim_url) as claims:
         for index in REDIS_DB_INDEXES:
             claim = f"notsale:test-claim:{index}"
             if await claims.set(claim, run, condition=PureToken.NX, ex=CLAIM_TTL_S):
@@ -66,9 +65,9 @@ async def stores() -> AsyncIterator[Stores]:
     try:
         yield Stores(database_url, redis_url)
     finally:
-        async with coredis.Redis.from_url(redis_url) as redis:
+        async with connect(redis_url) as redis:
             await redis.flushdb()
-        async with coredis.Redis.from_url(claim_url) as claims:
+        async with connect(claim_url) as claims:
             await claims.delete([claim])
         await admin.execute(f'DROP DATABASE IF EXISTS "{run}" WITH (FORCE)')
         await admin.close()
@@ -79,7 +78,7 @@ async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
     """A connection to this run's database, emptied (with Redis) before the test."""
     conn = await asyncpg.connect(stores.database_url)
     await conn.execute("TRUNCATE checkout_attempts, purchases, outbox_rejects")
-    async with coredis.Redis.from_url(stores.redis_url) as redis:
+    async with connect(stores.redis_url) as redis:
         await redis.flushdb()
     try:
         yield conn

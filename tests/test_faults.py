@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import coredis
 import httpx
 
 from notsale.config import Settings
+from notsale.engine.client import connect
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
 from tests.conftest import Server, wait_for
 
@@ -62,7 +62,7 @@ def workers_of(server: Server) -> list[int]:
 
 
 async def assert_nothing_lost(db: asyncpg.Connection, settings: Settings, tally: Tally) -> None:
-    async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+    async with connect(settings.redis_url) as redis:
 
         async def waiting() -> int:
             return sum([await redis.xlen(key) for key in await redis.keys("*:outbox")])

@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 import asyncpg
-import coredis
 from litestar.testing import AsyncTestClient
 
 from notsale.config import Settings
+from notsale.engine.client import connect
 from notsale.engine.clock import current_sale
 from notsale.store.flusher import GROUP
 from tests.test_api import assert_error, checkout, purchase
@@ -20,7 +20,7 @@ Client = AsyncTestClient[Any]
 
 
 async def flush_redis(settings: Settings) -> None:
-    async with coredis.Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         await redis.flushdb()
 
 
@@ -89,7 +89,7 @@ async def test_reconcile_writes_outbox_entries_left_pending(
 ) -> None:
     # No server runs: these entries stand for decisions whose worker died before its flush.
     sale_id = current_sale(settings.sale_seconds)
-    async with coredis.Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+    async with connect(settings.redis_url) as redis:
         stream = f"{{sale:{sale_id}}}:outbox"
         await redis.xgroup_create(stream, GROUP, "0", mkstream=True)
         for user in ("olga", "pat"):

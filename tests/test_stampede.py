@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import coredis
 import httpx
 
 from notsale.config import Settings
+from notsale.engine.client import connect
 from tests.conftest import wait_for
 
 SALE_SIZE = 30
@@ -107,7 +107,7 @@ async def test_redis_flushed_between_two_bursts_sells_nothing_twice(
     first = await crowd(server, range(10), tally, seed=1)  # ten buyers: 20 of the 30 items
     assert first["sold"] == 10 * USER_LIMIT
     await assert_every_attempt_recorded(db, tally)
-    async with coredis.Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         await redis.flushdb()  # Redis loses everything; PostgreSQL still has the 20 sales
     # The same ten come back with the crowd: they are at their limit already.
     current = await crowd(server, range(BUYERS), tally, seed=2)
