@@ -111,8 +111,8 @@ class SaleEngine:
             except REDIS_DOWN as exc:
                 raise Unavailable(Store.REDIS) from exc
             self._registered.add(sale_id)
-        head = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000, s.user_limit]
-        head += [KEEP_AFTER_SALE_MS, s.outbox_max, server]
+        head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000]
+        head += [s.user_limit, KEEP_AFTER_SALE_MS, s.outbox_max, server]
         return await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
 
     async def checkout(

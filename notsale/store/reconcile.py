@@ -89,7 +89,7 @@ class Reconciler:
     async def mark_ahead(self, sale_id: int, server: str) -> bool:
         """Mark a sale that has not started yet ready (see ahead.lua); False once it has."""
         window = sale_window(sale_id, self._settings.sale_seconds)
-        args = [window.starts_ms, server, window.ends_ms + KEEP_AFTER_SALE_MS]
+        args: list[int | str] = [window.starts_ms, server, window.ends_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
 
     async def invalidate(self, sale_id: int) -> None:
@@ -117,7 +117,7 @@ class Reconciler:
             sale_id,
             timeout=QUERY_TIMEOUT_S,
         )
-        ops: list[list[object]] = [
+        ops: list[list[int | str]] = [
             [
                 "p",
                 r["item_id"],
@@ -139,7 +139,8 @@ class Reconciler:
         for start in range(0, max(len(ops), 1), CHUNK_PURCHASES):
             chunk = ops[start : start + CHUNK_PURCHASES]
             last = start + CHUNK_PURCHASES >= len(ops)
-            args = [expires, server if last else "", *(w for op in chunk for w in op)]
+            args: list[int | str] = [expires, server if last else ""]
+            args += [w for op in chunk for w in op]
             restored += int(await self._script(keys=sale_keys(sale_id), args=args))
         return restored
 
