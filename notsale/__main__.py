@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
+from typing import Any
 
 from notsale.config import Settings, SettingsError
 from notsale.logs import setup_logging
@@ -19,6 +21,8 @@ LISTEN_BACKLOG = 4096
 MAX_HEAD_BYTES = 16 * 1024
 # A client that does not finish sending its headers within this long is dropped.
 HEADER_READ_TIMEOUT_MS = 10_000
+# After granian gave up on crashing workers, wait this long before starting it again.
+RESTART_DELAY_S = 1.0
 
 
 def run_migrations(settings: Settings) -> None:
@@ -36,12 +40,27 @@ def run_migrations(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
+    run_migrations(settings)
+    while True:
+        server = granian(settings)
+        try:
+            server.serve()
+            return
+        except SystemExit:
+            if server.interrupt_signal:  # SIGTERM or SIGINT: an orderly stop
+                raise
+        # granian gives up when a worker dies again within 5.5 s of its respawn (a worker
+        # killed twice in a row, say): serving goes on, with new workers.
+        log.error("granian stopped after workers died twice in a row; starting it again")
+        time.sleep(RESTART_DELAY_S)
+
+
+def granian(settings: Settings) -> Any:
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
-    run_migrations(settings)
-    Granian(
+    return Granian(
         "notsale.app:create_app",
         factory=True,
         address=settings.host,
@@ -56,7 +75,7 @@ def serve(settings: Settings) -> None:
         log_access=False,
         respawn_failed_workers=True,
         respawn_interval=0.5,
-    ).serve()
+    )
 
 
 async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:

@@ -8,7 +8,6 @@ the decision's entry and any fallback row of the same request become one row.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -20,8 +19,6 @@ from notsale.store.rows import AttemptRow, PurchaseRow, int_or_none, ms_to_datet
 if TYPE_CHECKING:
     from notsale.engine.sale import SaleEngine
     from notsale.store.writer import GroupCommit
-
-log = logging.getLogger(__name__)
 
 # Raw values of a rejected request are stored cut to these lengths (they can be anything).
 RAW_VALUE_CHARS = 128
@@ -101,31 +98,15 @@ async def record_refused(
 ) -> None:
     """Record a checkout that Redis did not decide, in whichever store takes it: the outbox
     (unless Redis is what failed, or its backlog is full), else PostgreSQL directly. When
-    neither can, it is counted in Redis (reported by `notsale reconcile --check`), and only
-    when Redis cannot count either is it lost, with an error logged."""
-    redis_up = failed is not Store.REDIS
+    neither can, the worker keeps the row and writes it once PostgreSQL is back."""
     if failed is None or failed is Store.POSTGRES:
         try:
             if await engine.log(sale_id, ENCODER.encode(event)):
                 return
         except NotsaleError:
-            redis_up = False  # PostgreSQL may still take it
+            pass  # PostgreSQL may still take it
+    row = attempt_row(sale_id, event)
     try:
-        await writer.write_attempt(attempt_row(sale_id, event))
-        return
+        await writer.write_attempt(row)
     except NotsaleError:
-        pass
-    if redis_up:
-        try:
-            await engine.count_unlogged(sale_id)
-            log.error(
-                "checkout attempt only counted: no store took its row",
-                extra={"sale_id": sale_id, "outcome": event.outcome},
-            )
-            return
-        except NotsaleError:
-            pass
-    log.error(
-        "checkout attempt lost: Redis and PostgreSQL both failed",
-        extra={"sale_id": sale_id, "outcome": event.outcome},
-    )
+        writer.write_later(row)

@@ -314,13 +314,13 @@ async def test_an_entry_handed_out_too_often_is_set_aside(
     assert reject["entry_id"] == entry_id and "delivered" in reject["error"]
 
 
-async def test_a_full_outbox_refuses_checkouts_and_counts_them_while_postgres_is_down(
+async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_no_row(
     throwaway: Callable[..., Throwaway],
     make_settings: Callable[..., Settings],
     db: asyncpg.Connection,
 ) -> None:
     """Case 6: with PostgreSQL down the outbox stops at NOTSALE_OUTBOX_MAX instead of filling
-    Redis: checkouts get 503, and attempts that no store can take are counted."""
+    Redis: checkouts get 503, and the rows no store can take now wait in the worker."""
     servers = throwaway(postgres=True)
     await migrate(servers.database_url)
     settings = make_settings(database_url=servers.database_url, outbox_max=3)
@@ -332,24 +332,51 @@ async def test_a_full_outbox_refuses_checkouts_and_counts_them_while_postgres_is
         assert_error(await checkout(client, "kay", 4), 503, "unavailable")
         assert_error(await checkout(client, "kay", "x"), 400, "invalid_request")
         assert await redis.xlen(outbox) == 3
-        check = notsale_cli(settings, "reconcile", "--check")
-        assert check.returncode == 1
         await asyncio.to_thread(servers.services, "up")
-        assert (
-            "unlogged: 2 checkout attempts counted"
-            in notsale_cli(settings, "reconcile", "--check").stdout
-        )
+        conn = await asyncpg.connect(servers.database_url)
+        try:
 
-        async def sells() -> int:
-            return int((await checkout(client, "lea", 4)).status_code)
+            async def outcomes() -> list[str]:
+                rows = await conn.fetch("SELECT outcome FROM checkout_attempts")
+                return sorted(r["outcome"] for r in rows)
 
-        assert await wait_for(sells, 200) == 200  # drained: decisions flow again
-    conn = await asyncpg.connect(servers.database_url)
-    try:
-        outcomes = await conn.fetch("SELECT outcome FROM checkout_attempts ORDER BY attempted_at")
-    finally:
-        await conn.close()
-    assert [r["outcome"] for r in outcomes][:3] == ["ok", "ok", "ok"]
+            expected = ["invalid_request", "ok", "ok", "ok", "unavailable"]
+            assert await wait_for(outcomes, expected) == expected
+
+            async def sells() -> int:
+                return int((await checkout(client, "lea", 4)).status_code)
+
+            assert await wait_for(sells, 200) == 200  # drained: decisions flow again
+        finally:
+            await conn.close()
+
+
+async def test_a_checkout_answered_503_while_both_stores_fail_keeps_its_row_and_decision(
+    make_settings: Callable[..., Settings], stores: Stores, db: asyncpg.Connection
+) -> None:
+    """Both stores fail at once: Redis stalls past the timeout (the script runs later), and
+    PostgreSQL refuses connections. The row waits in the worker, then meets the decision."""
+    port = int(stores.database_url.split(":")[-1].split("/")[0])
+    with RedisServer() as server, FaultProxy("127.0.0.1", port) as pg:
+        url = stores.database_url.replace(f":{port}/", f":{pg.port}/")
+        settings = make_settings(redis_url=server.url, database_url=url)
+        async with (
+            app_client(settings) as client,
+            coredis.Redis.from_url(server.url, stream_timeout=10) as admin,
+        ):
+            assert (await checkout(client, "ann", 1)).status_code == 200
+            pg.refuse()
+            busy = asyncio.ensure_future(admin.eval(BUSY, [], [2500]))
+            await asyncio.sleep(0.1)
+            assert_error(await checkout(client, "bob", 2), 503, "unavailable")
+            await busy
+            pg.refuse(False)
+
+            async def rows() -> list[tuple[str, str | None]]:
+                return [(r["outcome"], r["decided"]) for r in await attempt_rows(db, "bob")]
+
+            expected = [("unavailable", "ok")]
+            assert await wait_for(rows, expected, timeout=15) == expected
 
 
 async def test_a_read_only_postgres_is_a_503_for_purchases_then_heals(

@@ -116,3 +116,30 @@ async def test_sigterm_drains_everything_and_exits_in_bounded_time(
     # The server is gone: what is in PostgreSQL now is all there will ever be.
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == tally.answered
     await assert_nothing_lost(db, settings, tally)
+
+
+async def test_a_worker_killed_twice_in_a_row_does_not_take_the_server_down(
+    serve: Callable[..., Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    """granian gives up on a worker that dies within 5.5 s of its respawn; notsale serve
+    starts granian again, so the service keeps serving."""
+    server = await serve(sale_size=SALE_SIZE, workers=2)
+    for _ in range(2):
+        before = set(workers_of(server))
+        os.kill(max(before), signal.SIGKILL)  # the second time: the one just respawned
+
+        async def respawned(before: set[int] = before) -> bool:
+            now = set(workers_of(server))
+            return len(now) == 2 and now != before
+
+        assert await wait_for(respawned, True)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+
+        async def healthy() -> int:
+            try:
+                return (await http.get("/health")).status_code
+            except httpx.TransportError:
+                return 0
+
+        assert await wait_for(healthy, 200, timeout=20) == 200
+    assert server.process.poll() is None

@@ -23,8 +23,3 @@ class SaleKeys(NamedTuple):
 
 def sale_keys(sale_id: int) -> SaleKeys:
     return SaleKeys(*(f"{{sale:{sale_id}}}:{name}" for name in SaleKeys._fields))
-
-
-def unlogged_key(sale_id: int) -> str:
-    """A counter of checkout attempts that neither store could take (see notsale.outbox)."""
-    return f"{{sale:{sale_id}}}:unlogged"

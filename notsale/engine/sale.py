@@ -16,7 +16,7 @@ from notsale.engine.batch import Batcher
 from notsale.engine.client import REDIS_DOWN, server_id
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
-from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys, unlogged_key
+from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.errors import ErrorCode, Store, Unavailable
 
 SCRIPTS_DIR = Path(__file__).parent
@@ -148,12 +148,6 @@ class SaleEngine:
         """Append an entry to the sale's outbox; False when the outbox is full."""
         reply = await self._batcher.submit(sale_id, ["r", entry])
         return bool(reply[0] == "ok")
-
-    async def count_unlogged(self, sale_id: int) -> None:
-        try:
-            await self.redis.incr(unlogged_key(sale_id))
-        except REDIS_DOWN as exc:
-            raise Unavailable(Store.REDIS) from exc
 
     async def _stats_of(self, sale_id: int, item: int | str) -> list[Any]:
         k = sale_keys(sale_id)

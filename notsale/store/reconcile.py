@@ -21,7 +21,7 @@ import msgspec
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import sale_window
-from notsale.engine.keys import sale_keys, unlogged_key
+from notsale.engine.keys import sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
 from notsale.errors import Store, Unavailable
 from notsale.store.flusher import Flusher
@@ -193,10 +193,5 @@ class Reconciler:
         if rejected:
             found.append(
                 Difference("rejected", f"{rejected} outbox entries kept in outbox_rejects")
-            )
-        unlogged = int(await self._redis.get(unlogged_key(sale_id)) or 0)
-        if unlogged:
-            found.append(
-                Difference("unlogged", f"{unlogged} checkout attempts counted, no store took")
             )
         return found

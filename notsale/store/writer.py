@@ -16,6 +16,7 @@ who never got a 200, retries and gets the same purchase back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import NamedTuple
 
@@ -29,12 +30,17 @@ log = logging.getLogger(__name__)
 
 # One commit, connection wait included, ends within this long, or its rows are answered 503.
 COMMIT_DEADLINE_S = 2 * QUERY_TIMEOUT_S
+# Attempt rows that no store took (both failed at once) are kept in the worker and retried
+# this often until PostgreSQL takes them; at most this many (~300 bytes each): past that
+# they are dropped, counted in the log.
+LATER_RETRY_S = 1.0
+LATER_MAX = 100_000
 
 
 class Waiting(NamedTuple):
     attempt: AttemptRow | None
     purchase: PurchaseRow | None
-    waiter: asyncio.Future[Refused]
+    waiter: asyncio.Future[Refused] | None  # None: a row written later, nobody waits
 
 
 class GroupCommit:
@@ -42,6 +48,7 @@ class GroupCommit:
         self._pool = pool
         self._user_limit = user_limit
         self._waiting: list[Waiting] = []
+        self._later: list[Waiting] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -72,6 +79,20 @@ class GroupCommit:
     async def write_attempt(self, row: AttemptRow) -> None:
         await self._submit(row, None)
 
+    def write_later(self, row: AttemptRow) -> None:
+        """Keep the row and write it once PostgreSQL takes it (lost if the worker dies)."""
+        self._keep([Waiting(row, None, None)])
+        self._wake.set()
+
+    def _keep(self, rows: list[Waiting]) -> None:
+        room = LATER_MAX - len(self._later)
+        if len(rows) > room:
+            log.error(
+                "attempt rows dropped: too many wait for PostgreSQL",
+                extra={"dropped": len(rows) - room},
+            )
+        self._later[:0] = rows[: max(room, 0)]
+
     async def _submit(self, attempt: AttemptRow | None, purchase: PurchaseRow | None) -> Refused:
         if self._task is None or self._closing:
             raise Unavailable(Store.POSTGRES, "The service is shutting down.")
@@ -82,13 +103,21 @@ class GroupCommit:
 
     async def _run(self) -> None:
         while not (self._closing and not self._waiting):
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LATER_RETRY_S if self._later else None):
+                    await self._wake.wait()
             self._wake.clear()
-            if self._waiting:
+            if self._waiting or self._later:
                 await self._commit()
+        if self._later:
+            log.error(
+                "attempt rows lost at shutdown: PostgreSQL did not take them",
+                extra={"count": len(self._later)},
+            )
 
     async def _commit(self) -> None:
-        batch, self._waiting = self._waiting, []
+        batch = [*self._waiting, *self._later]
+        self._waiting, self._later = [], []
         outcomes: list[Refused | BaseException]
         try:
             async with (
@@ -100,8 +129,9 @@ class GroupCommit:
             # Down, read-only, out of connections, shutting down: the outcome is unknown.
             log.warning("group commit failed", extra={"error": repr(exc)})
             outcomes = [Unavailable(Store.POSTGRES)] * len(batch)
+            self._keep([w for w in batch if w.waiter is None])
         for (_, _, waiter), outcome in zip(batch, outcomes, strict=True):
-            if waiter.done():
+            if waiter is None or waiter.done():
                 continue
             if isinstance(outcome, BaseException):
                 waiter.set_exception(outcome)

@@ -1,0 +1,145 @@
+"""The nemesis run (tests/nemesis.py): a crowd buys while the stores stall, drop connections
+and restart and workers are killed; every promise still holds afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import Stores
+from tests.nemesis import (
+    AttemptRecord,
+    Checkout,
+    Purchase,
+    PurchaseRecord,
+    Report,
+    check,
+    run_nemesis,
+)
+
+STAMPEDE_S = 12.0
+# What a 12 s crowd gets answered even on a slow day (a quiet machine answers thousands).
+MIN_ANSWERED = 300
+MIN_PURCHASES = 20
+# Seeds whose first 12 s bring every kind of fault between them (a seed always draws the
+# same faults): 17 kills a worker, restarts Redis, cuts and stalls PostgreSQL and slows a
+# store, on a sale too large to sell out, so that purchases meet the faults; 38 cuts both
+# stores, restarts and stalls Redis and slows a store, on the default sale (300 items,
+# 5 per user for 60 buyers), which sells out within a second or two: limits and refusals.
+RUNS = {
+    "seed-17": {"seed": 17, "sale_size": 3000, "user_limit": 50},
+    "seed-38": {"seed": 38, "sale_size": 300, "user_limit": 5},
+}
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("run", RUNS.values(), ids=RUNS.keys())
+async def test_nemesis_breaks_no_promise(
+    run: dict[str, int], stores: Stores, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    report = await run_nemesis(
+        run["seed"],
+        STAMPEDE_S,
+        stores.database_url,
+        sale_size=run["sale_size"],
+        user_limit=run["user_limit"],
+        log_dir=str(tmp_path / "nemesis"),
+    )
+    print()
+    print(report.summary())
+    for event in report.events:
+        print("   ", event)
+    for anomaly in report.anomalies:
+        print("    anomaly:", anomaly)
+    for violation in report.violations:
+        print("    VIOLATION:", violation)
+    assert report.violations == [], f"logs in {report.log_dir}"
+    assert report.checkouts_answered >= MIN_ANSWERED
+    assert report.purchases_ok >= MIN_PURCHASES
+
+
+def small_report() -> Report:
+    return Report(seed=0, seconds=1, workers=1, buyers=5, sale_size=3, user_limit=1, sale_id=7)
+
+
+def attempt(n: int, user: str, item: int, outcome: str, **rest: str | None) -> AttemptRecord:
+    return AttemptRecord(
+        id=f"r{n}",
+        sale_id=7,
+        user_id=user,
+        item_id=item,
+        code=rest.get("code"),
+        outcome=outcome,
+        decided=rest.get("decided"),
+    )
+
+
+def test_the_checker_passes_a_run_that_kept_its_promises() -> None:
+    checkouts = [
+        Checkout(user="a", item=1, sent_s=0, status=200, code="A"),
+        Checkout(user="b", item=1, sent_s=0, status=409, error="item_held"),
+        Checkout(user="b", item=2, sent_s=0, status=503, error="unavailable"),
+        Checkout(user="c", item=2, sent_s=0, error="ReadError"),  # no answer: 0 or 1 row
+        Checkout(user="c", item=3, sent_s=0, error="ReadError"),
+    ]
+    purchases = [Purchase(code="A", user="a", item=1, sent_s=0, answers=[503, 200])]
+    attempts = [
+        attempt(1, "a", 1, "ok", code="A"),
+        attempt(2, "b", 1, "item_held"),
+        attempt(3, "b", 2, "unavailable", decided="ok", code="B"),
+        attempt(4, "c", 2, "item_held"),
+    ]
+    stored = [PurchaseRecord(sale_id=7, item_id=1, user_id="a", code="A")]
+    report = small_report()
+    assert check(report, checkouts, purchases, attempts, stored) == []
+    assert (report.checkouts_sent, report.checkouts_answered, report.checkouts_unknown) == (5, 3, 3)
+    assert (report.rows, report.purchases, report.decided_rows) == (4, 1, 1)
+
+
+def test_the_checker_finds_every_kind_of_broken_promise() -> None:
+    checkouts = [
+        Checkout(user="a", item=1, sent_s=0, status=200, code="A"),
+        Checkout(user="a", item=2, sent_s=0, status=200, code="B"),
+        Checkout(user="b", item=1, sent_s=0, status=409, error="item_held"),  # row: item_sold
+        Checkout(user="b", item=2, sent_s=0, status=503, error="unavailable"),  # no row
+        Checkout(user="c", item=1, sent_s=0, error="ReadError"),  # two rows
+        Checkout(user="c", item=2, sent_s=0, status=500, error="internal"),
+        Checkout(user="c", item=3, sent_s=0, error="ReadTimeout"),
+        Checkout(user="d", item=1, sent_s=0, status=409, error="user_limit"),
+    ]
+    purchases = [
+        Purchase(code="A", user="a", item=1, sent_s=0, answers=[200]),
+        Purchase(code="B", user="a", item=2, sent_s=0, answers=[200]),  # not stored
+    ]
+    attempts = [
+        attempt(1, "a", 1, "ok", code="A"),
+        attempt(2, "a", 2, "ok", code="B"),
+        attempt(3, "b", 1, "item_sold", decided="ok"),
+        attempt(4, "c", 1, "item_held"),
+        attempt(5, "c", 1, "item_held"),
+        attempt(6, "c", 2, "unavailable"),
+        attempt(7, "z", 1, "ok", code="Z"),  # never sent
+        attempt(8, "d", 1, "item_held"),
+    ]
+    stored = [
+        PurchaseRecord(sale_id=7, item_id=1, user_id="a", code="A"),
+        PurchaseRecord(sale_id=7, item_id=4, user_id="a", code="Z"),  # beyond the sale, limit
+        PurchaseRecord(sale_id=7, item_id=3, user_id="q", code="Q"),  # never bought
+    ]
+    kinds = {v.split(":")[0] for v in check(small_report(), checkouts, purchases, attempts, stored)}
+    assert kinds == {
+        "unexpected status",
+        "hang",
+        "oversold",
+        "user limit",
+        "lost purchase",
+        "phantom purchase",
+        "decided",
+        "duplicate rows",
+        "phantom row",
+        "missing row",
+        "outcome",
+        "body",
+    }
