@@ -39,6 +39,8 @@ from notsale.config import Settings
 from notsale.engine.client import connect
 from notsale.engine.keys import sale_keys
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
+from notsale.store.queries import PURCHASE_FIELDS
+from notsale.store.rows import ATTEMPT_COLUMNS, AttemptRow, PurchaseRow
 from tests.conftest import SERVER_START_TIMEOUT_S, free_port, log_tail, spawn_server
 from tests.faultproxy import FaultProxy
 from tests.redisserver import RedisServer
@@ -556,37 +558,15 @@ def write_records(log_dir: Path, crowd: Crowd, events: list[Event], report: Repo
 # The checker
 
 
-class AttemptRecord(msgspec.Struct, frozen=True):
-    id: str
-    sale_id: int
-    user_id: str
-    item_id: int | None
-    code: str | None
-    outcome: str
-    decided: str | None
-
-
-class PurchaseRecord(msgspec.Struct, frozen=True):
-    sale_id: int
-    item_id: int
-    user_id: str
-    code: str
-
-
-async def read_rows(database_url: str) -> tuple[list[AttemptRecord], list[PurchaseRecord], int]:
+async def read_rows(database_url: str) -> tuple[list[AttemptRow], list[PurchaseRow], int]:
     conn = await asyncpg.connect(database_url)
     try:
+        columns = ", ".join(ATTEMPT_COLUMNS)
         attempts = [
-            AttemptRecord(**dict(r))
-            for r in await conn.fetch(
-                "SELECT id, sale_id, user_id, item_id, code, outcome, decided"
-                " FROM checkout_attempts"
-            )
+            AttemptRow(*r) for r in await conn.fetch(f"SELECT {columns} FROM checkout_attempts")
         ]
-        purchases = [
-            PurchaseRecord(**dict(r))
-            for r in await conn.fetch("SELECT sale_id, item_id, user_id, code FROM purchases")
-        ]
+        query = f"SELECT {PURCHASE_FIELDS} FROM purchases"
+        purchases = [PurchaseRow(*r) for r in await conn.fetch(query)]
         rejects = int(await conn.fetchval("SELECT count(*) FROM outbox_rejects"))
     finally:
         await conn.close()
@@ -597,8 +577,8 @@ def check(
     report: Report,
     checkouts: list[Checkout],
     purchases: list[Purchase],
-    attempts: list[AttemptRecord],
-    stored: list[PurchaseRecord],
+    attempts: list[AttemptRow],
+    stored: list[PurchaseRow],
 ) -> list[str]:
     """What PostgreSQL holds against what the crowd was answered; fills the report's counts
     and returns the violations (empty: the run kept every promise)."""
@@ -661,8 +641,8 @@ def check_answers(
 def check_purchases(
     report: Report,
     purchases: list[Purchase],
-    attempts: list[AttemptRecord],
-    stored: list[PurchaseRecord],
+    attempts: list[AttemptRow],
+    stored: list[PurchaseRow],
     found: Violations,
 ) -> None:
     """Sold <= stock, every user within the limit, every 200 stored, nothing else stored."""
@@ -700,7 +680,7 @@ def check_purchases(
 
 
 def check_attempts(
-    report: Report, checkouts: list[Checkout], attempts: list[AttemptRecord], found: Violations
+    report: Report, checkouts: list[Checkout], attempts: list[AttemptRow], found: Violations
 ) -> None:
     """One row per answered checkout saying what the client was answered, at most one per
     unanswered one, none for anything never sent."""
@@ -711,7 +691,7 @@ def check_attempts(
     report.unavailable_rows = sum(1 for a in attempts if a.outcome == "unavailable")
     report.decided_rows = sum(1 for a in attempts if a.decided is not None)
     report.decided = dict(Counter(a.decided for a in attempts if a.decided is not None))
-    rows_of: dict[tuple[str, int | None], list[AttemptRecord]] = defaultdict(list)
+    rows_of: dict[tuple[str, int | None], list[AttemptRow]] = defaultdict(list)
     for row in attempts:
         rows_of[(row.user_id, row.item_id)].append(row)
         if row.decided is not None and row.outcome != "unavailable":
@@ -748,9 +728,7 @@ def check_attempts(
             found.add("outcome", f"checkout {c.user} {c.item}: code {c.code}, row has {row.code}")
 
 
-def compare_redis(
-    sold: dict[str, str], stored: Iterable[PurchaseRecord], sale_id: int
-) -> list[str]:
+def compare_redis(sold: dict[str, str], stored: Iterable[PurchaseRow], sale_id: int) -> list[str]:
     """Where Redis' sold items and PostgreSQL's purchases disagree once all is written."""
     in_pg = {str(s.item_id): s.user_id for s in stored if s.sale_id == sale_id}
     out = []

@@ -3,22 +3,23 @@ and restart and workers are killed; every promise still holds afterwards."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from notsale.store.rows import AttemptRow, PurchaseRow
 from tests.conftest import Stores
 from tests.nemesis import (
-    AttemptRecord,
     Checkout,
     Purchase,
-    PurchaseRecord,
     Report,
     check,
     run_nemesis,
 )
 
+AT = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 STAMPEDE_S = 12.0
 # What a 12 s crowd gets answered even on a slow day (a quiet machine answers thousands).
 MIN_ANSWERED = 300
@@ -64,16 +65,13 @@ def small_report() -> Report:
     return Report(seed=0, seconds=1, workers=1, buyers=5, sale_size=3, user_limit=1, sale_id=7)
 
 
-def attempt(n: int, user: str, item: int, outcome: str, **rest: str | None) -> AttemptRecord:
-    return AttemptRecord(
-        id=f"r{n}",
-        sale_id=7,
-        user_id=user,
-        item_id=item,
-        code=rest.get("code"),
-        outcome=outcome,
-        decided=rest.get("decided"),
-    )
+def attempt(n: int, user: str, item: int, outcome: str, **rest: str | None) -> AttemptRow:
+    code, decided = rest.get("code"), rest.get("decided")
+    return AttemptRow(f"r{n}", 7, user, item, code, outcome, None, AT, decided)
+
+
+def bought(item: int, user: str, code: str) -> PurchaseRow:
+    return PurchaseRow(7, item, user, code, AT, 1)
 
 
 def test_the_checker_passes_a_run_that_kept_its_promises() -> None:
@@ -91,7 +89,7 @@ def test_the_checker_passes_a_run_that_kept_its_promises() -> None:
         attempt(3, "b", 2, "unavailable", decided="ok", code="B"),
         attempt(4, "c", 2, "item_held"),
     ]
-    stored = [PurchaseRecord(sale_id=7, item_id=1, user_id="a", code="A")]
+    stored = [bought(1, "a", "A")]
     report = small_report()
     assert check(report, checkouts, purchases, attempts, stored) == []
     assert (report.checkouts_sent, report.checkouts_answered, report.checkouts_unknown) == (5, 3, 3)
@@ -124,9 +122,9 @@ def test_the_checker_finds_every_kind_of_broken_promise() -> None:
         attempt(8, "d", 1, "item_held"),
     ]
     stored = [
-        PurchaseRecord(sale_id=7, item_id=1, user_id="a", code="A"),
-        PurchaseRecord(sale_id=7, item_id=4, user_id="a", code="Z"),  # beyond the sale, limit
-        PurchaseRecord(sale_id=7, item_id=3, user_id="q", code="Q"),  # never bought
+        bought(1, "a", "A"),
+        bought(4, "a", "Z"),  # beyond the sale, limit
+        bought(3, "q", "Q"),  # never bought
     ]
     kinds = {v.split(":")[0] for v in check(small_report(), checkouts, purchases, attempts, stored)}
     assert kinds == {

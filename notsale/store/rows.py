@@ -144,8 +144,7 @@ def merged(attempts: Iterable[AttemptRow]) -> list[AttemptRow]:
     by_id: dict[str, AttemptRow] = {}
     for row in attempts:
         first = by_id.setdefault(row.id, row)
-        unknown = {first.outcome == "unavailable", row.outcome == "unavailable"}
-        if len(unknown) == 2:
+        if (first.outcome == "unavailable") != (row.outcome == "unavailable"):
             decided = row if first.outcome == "unavailable" else first
             by_id[row.id] = msgspec.structs.replace(
                 first,
