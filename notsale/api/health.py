@@ -13,8 +13,7 @@ from notsale.services import ServicesDep
 
 # A health check answers within about this long, whatever state the stores are in.
 PROBE_TIMEOUT_S = 1.0
-PROBE_TIMEOUT_MS = 1000
-HEALTH_KEY = "notsale:health"
+HEALTH_KEY = "notsale:health"  # written by the probe, expiring as it times out
 
 
 async def probe(check: Awaitable[object]) -> str:
@@ -38,7 +37,7 @@ class HealthController(Controller):
     async def health(self, services: ServicesDep) -> Response[HealthBody]:
         # A write, not a PING: a Redis that answers but refuses writes (OOM at maxmemory,
         # READONLY after a failover, MISCONF) cannot decide anything.
-        write = services.redis.set(HEALTH_KEY, "1", px=PROBE_TIMEOUT_MS)
+        write = services.redis.set(HEALTH_KEY, "1", px=int(PROBE_TIMEOUT_S * 1000))
         redis, postgres = await asyncio.gather(
             probe(write), probe(services.pool.fetchval("SELECT 1"))
         )
