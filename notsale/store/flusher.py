@@ -34,15 +34,7 @@ from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import current_sale, now_ms
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import (
-    AttemptRow,
-    PurchaseRow,
-    Refused,
-    RejectRow,
-    is_row_fault,
-    write_rejects,
-    write_rows,
-)
+from notsale.store.rows import AttemptRow, PurchaseRow, RejectRow, write_groups, write_rejects
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +187,8 @@ class Flusher:
         streams = {
             sale: key for sale, key in (await self._streams()).items() if await self._group(key)
         }
-        if not streams:
+        if not streams:  # none made yet (Redis was just emptied, say): wait as a read would
+            await asyncio.sleep(block_ms / 1000)
             return 0
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_claim:
@@ -249,36 +242,20 @@ class Flusher:
     async def _write(
         self, conn: asyncpg.Connection, logged: list[Logged], rejects: list[RejectRow]
     ) -> None:
-        """Write the batch; if a row of it is at fault (anything but PostgreSQL failing),
-        write its rows one by one and add the faulty ones to `rejects`, so that one bad entry
-        never blocks the outbox. Purchases PostgreSQL refuses are rejects too."""
-        try:
-            refused = await self._rows(conn, logged)
-        except Exception as exc:
-            if not is_row_fault(exc):
-                raise
-            log.warning("a row of the batch was refused; writing them one by one")
-            refused = {}
-            for e in logged:
-                try:
-                    refused |= await self._rows(conn, [e])
-                except Exception as exc:
-                    if not is_row_fault(exc):
-                        raise
-                    rejects.append(reject(e.stream, e.entry_id, e.fields, exc))
-        for e in logged:
-            if e.purchase is not None and e.purchase.code in refused:
-                why = f"purchase refused by PostgreSQL: {refused[e.purchase.code]}"
+        """Write the batch; an entry whose row is at fault (anything but PostgreSQL failing)
+        or whose purchase PostgreSQL refuses goes to `rejects`: one bad entry never blocks
+        the outbox."""
+        groups = [
+            ([] if e.attempt is None else [e.attempt], [] if e.purchase is None else [e.purchase])
+            for e in logged
+        ]
+        outcomes = await write_groups(conn, groups, self._settings.user_limit, QUERY_TIMEOUT_S)
+        for e, outcome in zip(logged, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                rejects.append(reject(e.stream, e.entry_id, e.fields, outcome))
+            elif e.purchase is not None and e.purchase.code in outcome:
+                why = f"purchase refused by PostgreSQL: {outcome[e.purchase.code]}"
                 rejects.append(reject(e.stream, e.entry_id, e.fields, why))
-
-    async def _rows(self, conn: asyncpg.Connection, logged: list[Logged]) -> Refused:
-        return await write_rows(
-            conn,
-            [e.attempt for e in logged if e.attempt is not None],
-            [e.purchase for e in logged if e.purchase is not None],
-            self._settings.user_limit,
-            QUERY_TIMEOUT_S,
-        )
 
     async def _read(self, keys: Iterable[str], start: str, block_ms: int | None) -> Any:
         return await self._redis.xreadgroup(

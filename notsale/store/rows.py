@@ -214,6 +214,37 @@ async def write_rows(
     }
 
 
+# The rows of one request, or of one outbox entry: (attempts, purchases).
+Group = tuple[Sequence[AttemptRow], Sequence[PurchaseRow]]
+
+
+async def write_groups(
+    conn: asyncpg.Connection, groups: Sequence[Group], user_limit: int, timeout: float
+) -> list[Refused | Exception]:
+    """Write the groups as one batch; if a row of it is at fault, each group on its own, so
+    that one bad row fails only its own group (its outcome is the exception). A failure of
+    PostgreSQL itself is raised: nothing can be written now."""
+    try:
+        every_attempt = [a for group in groups for a in group[0]]
+        every_purchase = [p for group in groups for p in group[1]]
+        refused = await write_rows(conn, every_attempt, every_purchase, user_limit, timeout)
+        return [refused] * len(groups)
+    except Exception as exc:
+        if not is_row_fault(exc):
+            raise
+        if len(groups) == 1:
+            return [exc]
+    outcomes: list[Refused | Exception] = []
+    for attempts, purchases in groups:
+        try:
+            outcomes.append(await write_rows(conn, attempts, purchases, user_limit, timeout))
+        except Exception as exc:
+            if not is_row_fault(exc):
+                raise
+            outcomes.append(exc)
+    return outcomes
+
+
 def columns(rows: Sequence[msgspec.Struct], width: int) -> list[list[object]]:
     """Rows as one list per column (the statement's arrays)."""
     if not rows:

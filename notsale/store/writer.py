@@ -24,7 +24,7 @@ import asyncpg
 
 from notsale.errors import NotsaleError, Store, Unavailable
 from notsale.store.pool import QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, Refused, is_row_fault, write_rows
+from notsale.store.rows import AttemptRow, PurchaseRow, Refused, write_groups
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +141,15 @@ class GroupCommit:
     async def _write(
         self, conn: asyncpg.Connection, batch: list[Waiting]
     ) -> list[Refused | BaseException]:
-        """The batch in one commit; if a row of it is at fault, each row on its own, so that
-        one bad row fails only its own request."""
-        try:
-            refused = await self._rows(conn, batch)
-            return [refused] * len(batch)
-        except Exception as exc:
-            if not is_row_fault(exc) or len(batch) == 1:
-                raise
+        """The batch in one commit; a row at fault fails only its own request."""
+        groups = [
+            ([] if w.attempt is None else [w.attempt], [] if w.purchase is None else [w.purchase])
+            for w in batch
+        ]
         outcomes: list[Refused | BaseException] = []
-        for one in batch:
-            try:
-                outcomes.append(await self._rows(conn, [one]))
-            except Exception as exc:
-                if not is_row_fault(exc):
-                    raise
-                log.error("row refused by PostgreSQL", extra={"error": repr(exc)})
-                outcomes.append(Unavailable(Store.POSTGRES))
+        for outcome in await write_groups(conn, groups, self._user_limit, QUERY_TIMEOUT_S):
+            if isinstance(outcome, Exception):
+                log.error("row refused by PostgreSQL", extra={"error": repr(outcome)})
+                outcome = Unavailable(Store.POSTGRES)
+            outcomes.append(outcome)
         return outcomes
-
-    async def _rows(self, conn: asyncpg.Connection, batch: list[Waiting]) -> Refused:
-        attempts = [w.attempt for w in batch if w.attempt is not None]
-        purchases = [w.purchase for w in batch if w.purchase is not None]
-        return await write_rows(conn, attempts, purchases, self._user_limit, QUERY_TIMEOUT_S)
