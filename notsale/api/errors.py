@@ -25,11 +25,11 @@ def error_response(code: ErrorCode, detail: str | None = None) -> Response[Any]:
     )
 
 
-def on_notsale_error(_: Request, exc: NotsaleError) -> Response[ErrorBody]:
+def on_notsale_error(_: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
     return error_response(exc.code, exc.detail)
 
 
-def on_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
+def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     """Litestar's own refusals (no route, wrong method, unreadable request) in our words."""
     if isinstance(exc, NotFoundException):
         return error_response(ErrorCode.NOT_FOUND)
@@ -47,12 +47,12 @@ def on_http_exception(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     return error_response(ErrorCode.INVALID_REQUEST, str(exc.detail) or None)
 
 
-def on_store_down(_: Request, exc: Exception) -> Response[ErrorBody]:
+def on_store_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.warning("store unreachable", extra={"error": repr(exc)})
     return error_response(ErrorCode.UNAVAILABLE)
 
 
-def on_unexpected(_: Request, exc: Exception) -> Response[ErrorBody]:
+def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.exception("unhandled error", exc_info=exc)
     return Response(
         ErrorBody("internal", "The server failed; the failure was logged."), status_code=500

@@ -1,4 +1,4 @@
-"""The JSON bodies of the contract (../shared/API.md), one Struct each."""
+"""The JSON bodies of the contract (docs/api.md), one Struct each."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ class Body(msgspec.Struct, frozen=True):
     No omit_defaults: the contract lists every field of every body, so all are always sent."""
 
 
-class ErrorBody(Body):
+class ErrorBody(Body, frozen=True):
     error: str
     detail: str
 
 
-class CheckoutBody(Body):
+class CheckoutBody(Body, frozen=True):
     code: str
     sale_id: int
     item_id: int
@@ -24,7 +24,7 @@ class CheckoutBody(Body):
     expires_at: str
 
 
-class PurchaseBody(Body):
+class PurchaseBody(Body, frozen=True):
     sale_id: int
     item_id: int
     user_id: str
@@ -32,7 +32,7 @@ class PurchaseBody(Body):
     purchased_at: str
 
 
-class SaleBody(Body):
+class SaleBody(Body, frozen=True):
     sale_id: int
     starts_at: str
     ends_at: str
@@ -43,7 +43,7 @@ class SaleBody(Body):
     user_limit: int
 
 
-class ItemBody(Body):
+class ItemBody(Body, frozen=True):
     sale_id: int
     item_id: int
     name: str
@@ -51,13 +51,13 @@ class ItemBody(Body):
     status: str
 
 
-class PurchasesBody(Body):
+class PurchasesBody(Body, frozen=True):
     sale_id: int
     user_id: str
     purchases: list[PurchaseBody]
 
 
-class HealthBody(Body):
+class HealthBody(Body, frozen=True):
     status: str
     redis: str
     postgres: str

@@ -9,11 +9,13 @@ injection and response building cost more than the rest of a checkout together
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import msgspec
 from litestar import Request
 from litestar.datastructures import MultiDict
 from litestar.exceptions import MethodNotAllowedException
-from litestar.types import Scope, Send
+from litestar.types import HTTPScope, Scope, Send
 
 from notsale.api.models import Body, ErrorBody
 from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode
@@ -25,9 +27,9 @@ REFUSALS = {c: ENCODER.encode(ErrorBody(c.value, DEFAULT_DETAIL[c])) for c in Er
 
 def post_query(scope: Scope) -> MultiDict[str]:
     """The query parameters of a POST; any other method is refused (405, with Allow)."""
-    if scope["method"] != "POST":
+    if cast("HTTPScope", scope)["method"] != "POST":  # an http route: never a websocket
         raise MethodNotAllowedException(headers={"Allow": "POST"})
-    return Request[None, None, None](scope).query_params
+    return Request[Any, Any, Any](scope).query_params
 
 
 async def send_json(send: Send, status: int, body: bytes) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.params import FromPath, Parameter
@@ -29,7 +29,7 @@ class UsersController(Controller):
     )
     async def purchases(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         services: ServicesDep,
         user_id: FromPath[str],
         sale_id: Annotated[str | None, Parameter(description="default: the running sale")] = None,
