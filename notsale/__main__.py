@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-from notsale.config import Settings, SettingsError
+from notsale.config import Settings, SettingsError, unknown_variables
 from notsale.logs import setup_logging
 from notsale.store.migrations import migrate
 
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"notsale: {exc}", file=sys.stderr)
         return 2
+    for name in unknown_variables(os.environ):
+        log.warning(
+            "unknown setting ignored: no NOTSALE_ variable has this name", extra={"variable": name}
+        )
     if args.command == "serve":
         serve(settings)
     elif args.command == "reconcile":

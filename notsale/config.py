@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
 ENV_PREFIX = "NOTSALE_"
+# Variables of the scripts (scripts/setup, scripts/services), not of the service.
+SCRIPT_VARIABLES = frozenset({"NOTSALE_VENV", "NOTSALE_SERVICES_DIR", "NOTSALE_SERVICES_NO_SYSTEM"})
+# Item ids are stored as PostgreSQL `integer` (sql/001): a sale cannot be larger.
+SALE_SIZE_MAX = 2**31 - 1
+DIGITS = re.compile(r"[0-9]{1,18}")
+URL_SCHEMES = {
+    "redis_url": ("redis", "rediss", "unix"),
+    "database_url": ("postgresql", "postgres"),
+}
 
 
 class SettingsError(ValueError):
@@ -44,10 +54,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.port > 65535:
             raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"{ENV_PREFIX}REDIS_URL must be a redis:// URL")
-        if not self.database_url.startswith(("postgresql://", "postgres://")):
-            raise SettingsError(f"{ENV_PREFIX}DATABASE_URL must be a postgresql:// URL")
+        if self.sale_size > SALE_SIZE_MAX:
+            raise SettingsError(f"{ENV_PREFIX}SALE_SIZE must be at most {SALE_SIZE_MAX}")
+        for name, schemes in URL_SCHEMES.items():
+            check_url(f"{ENV_PREFIX}{name.upper()}", getattr(self, name), schemes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +68,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             for name in cls.__struct_fields__
             if env.get(ENV_PREFIX + name.upper())
         }
+        for field in msgspec.structs.fields(cls):
+            # Digits only: int() and msgspec would take "1e3", "8080.0" or " 42 ".
+            value = raw.get(field.name)
+            if field.type is int and value is not None and not DIGITS.fullmatch(value):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{field.name.upper()} must be a whole number in digits,"
+                    f" not {value!r}"
+                )
         try:
             # strict=False lets "8080" from the environment become the int field it names.
             return msgspec.convert(raw, cls, strict=False)
@@ -65,3 +83,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # msgspec says "at `$.port`": name the variable the user actually set instead.
             where = re.sub(r"`\$\.(\w+)`", lambda m: ENV_PREFIX + m[1].upper(), str(exc))
             raise SettingsError(f"bad setting: {where}") from exc
+
+
+def check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
+    """The whole URL is read now, so that a bad one fails at start, not at first use."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise SettingsError(f"{variable} is not a valid URL: {exc}") from None
+    if parts.scheme not in schemes:
+        names = ", ".join(f"{s}://" for s in schemes)
+        raise SettingsError(f"{variable} must start with one of {names}, not {url!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{variable} names no host: {url!r}")
+    if port == 0:
+        raise SettingsError(f"{variable} has port 0: {url!r}")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """NOTSALE_* variables that no setting reads (a typo, most likely)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.__struct_fields__}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name not in known | SCRIPT_VARIABLES
+    )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from notsale.config import Settings, SettingsError
+from notsale.config import Settings, SettingsError, unknown_variables
+from tests.conftest import free_port
 
 
 def test_defaults_match_the_contract() -> None:
@@ -34,8 +39,53 @@ def test_values_are_read_from_the_environment() -> None:
         {"NOTSALE_USER_LIMIT": "0"},
         {"NOTSALE_REDIS_URL": "localhost:6379"},
         {"NOTSALE_DATABASE_URL": "mysql://x"},
+        {"NOTSALE_PORT": "8080.0"},
+        {"NOTSALE_SALE_SIZE": "1e3"},
+        {"NOTSALE_WORKERS": " 2"},
+        {"NOTSALE_SALE_SIZE": "2147483648"},
+        {"NOTSALE_REDIS_URL": "redis://127.0.0.1:99999/0"},
+        {"NOTSALE_REDIS_URL": "redis://:6379/0"},
+        {"NOTSALE_DATABASE_URL": "postgresql://postgres@127.0.0.1:port/x"},
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match="NOTSALE_"):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"NOTSALE_PORT": "8080.0"},
+        {"NOTSALE_SALE_SIZE": "99999999999"},
+        {"NOTSALE_DATABASE_URL": "postgresql://postgres@127.0.0.1:port/x"},
+    ],
+)
+def test_the_command_line_refuses_a_bad_setting_in_one_line_with_exit_2(
+    env: dict[str, str],
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "notsale", "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("notsale: ") and next(iter(env)) in line
+
+
+def test_an_unknown_notsale_variable_is_named_in_a_warning() -> None:
+    env = {"NOTSALE_SALE_SIZ": "5", "NOTSALE_VENV": "/x", "NOTSALE_PORT": "1"}
+    assert unknown_variables(env) == ["NOTSALE_SALE_SIZ"]
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/x"  # migrate fails at once
+    done = subprocess.run(
+        [sys.executable, "-m", "notsale", "migrate"],
+        env={**os.environ, "NOTSALE_SALE_SIZ": "5", "NOTSALE_DATABASE_URL": nowhere},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    [warning] = [line for line in done.stderr.splitlines() if "NOTSALE_SALE_SIZ" in line]
+    assert '"level":"warning"' in warning
