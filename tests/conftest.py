@@ -148,10 +148,13 @@ class Server(msgspec.Struct):
     log_path: str
 
 
-def spawn_server(env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
+def spawn_server(
+    env: dict[str, str], log_path: str, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`notsale serve` of this checkout (or `command`), logging to log_path."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "notsale", "serve"],
+            command or [sys.executable, "-m", "notsale", "serve"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ from notsale.engine.clock import current_sale
 from notsale.errors import ErrorCode
 from notsale.store import rows
 from notsale.store.flusher import GROUP, Flusher
-from notsale.store.migrations import SQL_DIR, migrate, with_path
+from notsale.store.migrations import migrate, migration_files, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow
@@ -31,7 +31,7 @@ async def test_concurrent_migrations_create_the_database_and_apply_each_file_onc
     admin = await asyncpg.connect(BASE.database_url)
     try:
         url = with_path(BASE.database_url, "/" + name)
-        files = len(list(SQL_DIR.glob("[0-9]*_*.sql")))
+        files = len(migration_files())
         results = await asyncio.gather(*(migrate(url) for _ in range(3)))
         assert sorted(len(r) for r in results) == [0, 0, files]
         assert await migrate(url) == []

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# The numbered migrations ship inside the package (a wheel carries them; `sql/` at the top
+# of the checkout is a link to them).
+SQL_DIR = resources.files("notsale") / "sql"
+MIGRATION_NAME = re.compile(r"([0-9]+)_\w+\.sql")
 
 # pg_advisory_lock key: any constant works, as long as every notsale process uses the same one.
 MIGRATION_LOCK_KEY = 0x6E6F7473616C65  # "notsale"
@@ -48,9 +53,13 @@ async def connect_creating(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
 
 
-def pending_files(applied: set[int]) -> list[tuple[int, Path]]:
-    found = sorted((int(p.name.split("_", 1)[0]), p) for p in SQL_DIR.glob("[0-9]*_*.sql"))
-    return [(version, path) for version, path in found if version not in applied]
+def migration_files() -> list[tuple[int, Traversable]]:
+    found = [(MIGRATION_NAME.fullmatch(f.name), f) for f in SQL_DIR.iterdir()]
+    return sorted((int(match[1]), f) for match, f in found if match)
+
+
+def pending_files(applied: set[int]) -> list[tuple[int, Traversable]]:
+    return [(version, path) for version, path in migration_files() if version not in applied]
 
 
 async def migrate(dsn: str) -> list[str]:

@@ -1,0 +1,141 @@
+"""The command line: `notsale serve | migrate | reconcile` (also `python -m notsale …`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from notsale.config import Settings, SettingsError, unknown_variables
+from notsale.logs import setup_logging
+from notsale.store.migrations import migrate
+
+log = logging.getLogger("notsale")
+
+# granian's "backlog" of the listening socket: a stampede opens many connections at once.
+LISTEN_BACKLOG = 4096
+# A request line and headers larger than this are refused by granian before Python sees them.
+MAX_HEAD_BYTES = 16 * 1024
+# A client that does not finish sending its headers within this long is dropped.
+HEADER_READ_TIMEOUT_MS = 10_000
+# After granian gave up on crashing workers, wait this long before starting it again.
+RESTART_DELAY_S = 1.0
+
+
+def run_migrations(settings: Settings) -> None:
+    import asyncpg
+
+    from notsale.store.pool import PG_DOWN
+
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except (*PG_DOWN, asyncpg.PostgresError) as exc:
+        # One clear line for the operator instead of a traceback.
+        reason = f"{type(exc).__name__}: {exc}"
+        raise SystemExit(f"notsale: cannot migrate the database: {reason}") from None
+    log.info("migrations done", extra={"applied": applied})
+
+
+def serve(settings: Settings) -> None:
+    run_migrations(settings)
+    while True:
+        server = granian(settings)
+        try:
+            server.serve()
+            return
+        except SystemExit:
+            if server.interrupt_signal:  # SIGTERM or SIGINT: an orderly stop
+                raise
+        # granian gives up when a worker dies again within 5.5 s of its respawn (a worker
+        # killed twice in a row, say): serving goes on, with new workers.
+        log.error("granian stopped after workers died twice in a row; starting it again")
+        time.sleep(RESTART_DELAY_S)
+
+
+def granian(settings: Settings) -> Any:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    return Granian(
+        "notsale.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        backlog=LISTEN_BACKLOG,
+        http1_settings=HTTP1Settings(
+            max_buffer_size=MAX_HEAD_BYTES, header_read_timeout=HEADER_READ_TIMEOUT_MS
+        ),
+        log_access=False,
+        respawn_failed_workers=True,
+        respawn_interval=0.5,
+    )
+
+
+async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
+    from notsale.engine.client import connect, server_id
+    from notsale.engine.clock import current_sale
+    from notsale.store.pool import create_pool
+    from notsale.store.reconcile import Reconciler
+
+    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    pool = await create_pool(settings.database_url)
+    try:
+        async with connect(settings.redis_url) as redis:
+            reconciler = Reconciler(redis, pool, settings)
+            if not check:
+                restored = await reconciler.rebuild(sale, await server_id(redis))
+                print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
+            found = await reconciler.differences(sale)
+    finally:
+        await pool.close()
+    for difference in found:
+        print(f"sale {sale}: {difference.what}: {difference.detail}")
+    if not found:
+        print(f"sale {sale}: Redis and PostgreSQL agree")
+    return 1 if found else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="notsale", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply pending migrations, then serve with granian")
+    commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
+    rebuild = commands.add_parser(
+        "reconcile", help="rebuild a sale's Redis state from PostgreSQL (default: current sale)"
+    )
+    rebuild.add_argument("--sale-id", type=int, help="the sale to rebuild (default: running)")
+    rebuild.add_argument(
+        "--check",
+        action="store_true",
+        help="only report differences; exit 1 when there are any",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"notsale: {exc}", file=sys.stderr)
+        return 2
+    for name in unknown_variables(os.environ):
+        log.warning(
+            "unknown setting ignored: no NOTSALE_ variable has this name", extra={"variable": name}
+        )
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "reconcile":
+        return asyncio.run(reconcile(settings, args.sale_id, args.check))
+    else:
+        run_migrations(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

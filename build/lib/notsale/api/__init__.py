@@ -1,0 +1,1 @@
+"""The HTTP surface: one controller module per resource, and the bodies they speak."""

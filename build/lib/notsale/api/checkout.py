@@ -1,0 +1,88 @@
+"""POST /checkout: put a hold on an item; every request becomes one checkout_attempts row."""
+
+from __future__ import annotations
+
+from litestar import Controller, asgi
+from litestar.types import Receive, Scope, Send
+
+from notsale import outbox
+from notsale.api import params
+from notsale.api.models import CheckoutBody
+from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
+from notsale.api.raw import post_query, send_body, send_refusal
+from notsale.catalog import image_url, item_name
+from notsale.engine.clock import current_sale, rfc3339
+from notsale.errors import ErrorCode, NotsaleError, Unavailable
+from notsale.services import Services, services_of
+
+
+async def record_refused(
+    services: Services,
+    scope: Scope,
+    request_id: str,
+    exc: NotsaleError,
+    user_raw: str,
+    item_raw: str,
+) -> None:
+    """The attempt row of a checkout that Redis did not decide (see outbox.record_refused)."""
+    raw_query = scope["query_string"].decode("utf-8", "replace")
+    event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query)
+    failed = exc.store if isinstance(exc, Unavailable) else None
+    sale_id = current_sale(services.settings.sale_seconds)
+    await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
+
+
+CHECKOUT_DOC = HotRouteDoc(
+    tag="sale",
+    summary="Hold an item for the user",
+    description="Returns a code that redeems the hold with POST /purchase before it expires.",
+    parameters=(
+        query("user_id", USER, "1-64 of [A-Za-z0-9_.:@-]"),
+        query("id", INTEGER, "the item, 1..SIZE"),
+    ),
+    body=CheckoutBody,
+    errors=(
+        ErrorCode.ITEM_NOT_FOUND,
+        ErrorCode.ITEM_SOLD,
+        ErrorCode.ITEM_HELD,
+        ErrorCode.USER_LIMIT,
+    ),
+)
+
+
+class CheckoutController(Controller):
+    path = "/checkout"
+
+    # An `asgi` handler, the hot path (see notsale.api.raw): it reads the query raw, so that
+    # even a malformed request reaches it and is logged as an attempt.
+    @asgi(copy_scope=False, opt={OPENAPI_OPT: CHECKOUT_DOC})
+    async def checkout(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = post_query(scope)
+        services = services_of(scope)
+        # Made here, once: it keys the attempt row, whichever store ends up holding it.
+        request_id = services.engine.new_request_id()
+        try:
+            user = params.user_id(params.single(query, "user_id"))
+            item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
+        except NotsaleError as exc:
+            user_raw = ",".join(query.getall("user_id", []))
+            item_raw = ",".join(query.getall("id", []))
+            await record_refused(services, scope, request_id, exc, user_raw, item_raw)
+            raise
+        try:
+            decision = await services.engine.checkout(user, item_id, request_id)
+        except NotsaleError as exc:
+            await record_refused(services, scope, request_id, exc, user, str(item_id))
+            raise
+        if decision.outcome is not None:
+            await send_refusal(send, decision.outcome)
+            return
+        body = CheckoutBody(
+            code=decision.code,
+            sale_id=decision.sale_id,
+            item_id=item_id,
+            name=item_name(decision.sale_id, item_id),
+            image_url=image_url(decision.sale_id, item_id),
+            expires_at=rfc3339(decision.expires_ms),
+        )
+        await send_body(send, body)

@@ -1,0 +1,88 @@
+"""The one place that turns failures into the contract's {"error", "detail"} bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.openapi import ResponseSpec
+
+from notsale.api.models import ErrorBody
+from notsale.engine.client import REDIS_DOWN
+from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode, NotsaleError
+from notsale.store.pool import PG_DOWN
+
+log = logging.getLogger(__name__)
+
+
+def error_response(code: ErrorCode, detail: str | None = None) -> Response[Any]:
+    return Response(
+        ErrorBody(code.value, detail or DEFAULT_DETAIL[code]),
+        status_code=STATUS[code],
+        media_type="application/json",
+    )
+
+
+def on_notsale_error(_: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
+    return error_response(exc.code, exc.detail)
+
+
+def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    """Litestar's own refusals (no route, wrong method, unreadable request) in our words."""
+    if isinstance(exc, NotFoundException):
+        return error_response(ErrorCode.NOT_FOUND)
+    if isinstance(exc, MethodNotAllowedException):
+        response = error_response(ErrorCode.METHOD_NOT_ALLOWED)
+        if exc.headers:
+            response.headers.update(exc.headers)  # keeps Allow
+        return response
+    if exc.status_code >= 500:
+        log.error("server error", extra={"error": repr(exc)})
+        return Response(
+            ErrorBody("internal", "The server failed; the failure was logged."),
+            status_code=exc.status_code,
+        )
+    return error_response(ErrorCode.INVALID_REQUEST, str(exc.detail) or None)
+
+
+def on_store_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.warning("store unreachable", extra={"error": repr(exc)})
+    return error_response(ErrorCode.UNAVAILABLE)
+
+
+def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled error", exc_info=exc)
+    return Response(
+        ErrorBody("internal", "The server failed; the failure was logged."), status_code=500
+    )
+
+
+EXCEPTION_HANDLERS = {
+    NotsaleError: on_notsale_error,
+    HTTPException: on_http_exception,
+    **{exc: on_store_down for exc in (*REDIS_DOWN, *PG_DOWN)},
+    Exception: on_unexpected,
+}
+
+
+def error_groups(*codes: ErrorCode) -> dict[int, str]:
+    """The error codes a route can answer (plus the two every route can), as one description
+    per status, for the OpenAPI document."""
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in (*codes, ErrorCode.INVALID_REQUEST, ErrorCode.UNAVAILABLE):
+        if code not in by_status.setdefault(STATUS[code], []):
+            by_status[STATUS[code]].append(code)
+    return {
+        status: "; ".join(f"`{c.value}`: {DEFAULT_DETAIL[c].rstrip('.')}" for c in group)
+        for status, group in sorted(by_status.items())
+    }
+
+
+def error_responses(*codes: ErrorCode) -> dict[int, ResponseSpec]:
+    """A Litestar route handler's `responses` for the error codes it can answer."""
+    return {
+        status: ResponseSpec(data_container=ErrorBody, generate_examples=False, description=text)
+        for status, text in error_groups(*codes).items()
+    }

@@ -1,0 +1,46 @@
+"""GET /health: whether this worker reaches Redis and PostgreSQL right now."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from litestar import Controller, Response, get
+from litestar.openapi import ResponseSpec
+
+from notsale.api.models import HealthBody
+from notsale.services import ServicesDep
+
+# A health check answers within about this long, whatever state the stores are in.
+PROBE_TIMEOUT_S = 1.0
+HEALTH_KEY = "notsale:health"  # written by the probe, expiring as it times out
+
+
+async def probe(check: Awaitable[object]) -> str:
+    try:
+        await asyncio.wait_for(check, PROBE_TIMEOUT_S)
+    except Exception:
+        return "down"
+    return "ok"
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ("ops",)
+
+    @get(
+        summary="Reachability of Redis and PostgreSQL",
+        responses={
+            503: ResponseSpec(HealthBody, generate_examples=False, description="a store is down")
+        },
+    )
+    async def health(self, services: ServicesDep) -> Response[HealthBody]:
+        # A write, not a PING: a Redis that answers but refuses writes (OOM at maxmemory,
+        # READONLY after a failover, MISCONF) cannot decide anything.
+        write = services.redis.set(HEALTH_KEY, "1", px=int(PROBE_TIMEOUT_S * 1000))
+        redis, postgres = await asyncio.gather(
+            probe(write), probe(services.pool.fetchval("SELECT 1"))
+        )
+        ok = redis == postgres == "ok"
+        body = HealthBody("ok" if ok else "degraded", redis, postgres)
+        return Response(body, status_code=200 if ok else 503)

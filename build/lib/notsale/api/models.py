@@ -1,0 +1,63 @@
+"""The JSON bodies of the contract (docs/api.md), one Struct each."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Body(msgspec.Struct, frozen=True):
+    """Base of every response body. Frozen: a body is built once and only serialized.
+    No omit_defaults: the contract lists every field of every body, so all are always sent."""
+
+
+class ErrorBody(Body, frozen=True):
+    error: str
+    detail: str
+
+
+class CheckoutBody(Body, frozen=True):
+    code: str
+    sale_id: int
+    item_id: int
+    name: str
+    image_url: str
+    expires_at: str
+
+
+class PurchaseBody(Body, frozen=True):
+    sale_id: int
+    item_id: int
+    user_id: str
+    name: str
+    purchased_at: str
+
+
+class SaleBody(Body, frozen=True):
+    sale_id: int
+    starts_at: str
+    ends_at: str
+    size: int
+    sold: int
+    held: int
+    remaining: int
+    user_limit: int
+
+
+class ItemBody(Body, frozen=True):
+    sale_id: int
+    item_id: int
+    name: str
+    image_url: str
+    status: str
+
+
+class PurchasesBody(Body, frozen=True):
+    sale_id: int
+    user_id: str
+    purchases: list[PurchaseBody]
+
+
+class HealthBody(Body, frozen=True):
+    status: str
+    redis: str
+    postgres: str

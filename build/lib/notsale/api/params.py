@@ -1,0 +1,48 @@
+"""Reading the query and path parameters of the contract, strictly, into our error codes."""
+
+from __future__ import annotations
+
+import re
+
+from litestar.datastructures import MultiDict
+
+from notsale.errors import ErrorCode, NotsaleError
+
+USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+# Any integer that fits in 64 bits (sign allowed); longer digit strings are refused unparsed.
+INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def invalid(detail: str) -> NotsaleError:
+    return NotsaleError(ErrorCode.INVALID_REQUEST, detail)
+
+
+def single(query: MultiDict[str], name: str) -> str:
+    values = query.getall(name, [])
+    if not values:
+        raise invalid(f"The query parameter `{name}` is missing.")
+    if len(values) > 1:
+        raise invalid(f"The query parameter `{name}` is given more than once.")
+    return values[0]
+
+
+def user_id(raw: str) -> str:
+    if not USER_ID.fullmatch(raw):
+        raise invalid("`user_id` must be 1 to 64 characters of A-Z a-z 0-9 _ . : @ -.")
+    return raw
+
+
+def integer(raw: str, name: str) -> int:
+    if INTEGER.fullmatch(raw):
+        value = int(raw)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    raise invalid(f"`{name}` must be a 64-bit integer.")
+
+
+def item_id(raw: str, sale_size: int) -> int:
+    value = integer(raw, "id")
+    if not 1 <= value <= sale_size:
+        raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, f"Items are numbered 1 to {sale_size}.")
+    return value

@@ -1,0 +1,97 @@
+"""POST /purchase: redeem a code; answered 200 only once the purchase row is committed."""
+
+from __future__ import annotations
+
+import contextlib
+
+from litestar import Controller, asgi
+from litestar.types import Receive, Scope, Send
+
+from notsale.api import params
+from notsale.api.models import PurchaseBody
+from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
+from notsale.api.raw import post_query, send_body, send_refusal
+from notsale.catalog import item_name
+from notsale.engine.client import REDIS_DOWN
+from notsale.engine.clock import current_sale
+from notsale.engine.codes import CODE_PATTERN, code_sale
+from notsale.errors import ErrorCode, NotsaleError
+from notsale.services import services_of
+from notsale.store import queries
+from notsale.store.rows import PurchaseRow, ms_to_datetime
+
+
+def purchase_body(row: PurchaseRow) -> PurchaseBody:
+    return PurchaseBody(
+        sale_id=row.sale_id,
+        item_id=row.item_id,
+        user_id=row.user_id,
+        name=item_name(row.sale_id, row.item_id),
+        purchased_at=row.purchased_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+PURCHASE_DOC = HotRouteDoc(
+    tag="sale",
+    summary="Buy the item a checkout code holds",
+    description="Safe to retry: a redeemed code answers the same body again.",
+    parameters=(query("code", CODE, "the code POST /checkout gave"),),
+    body=PurchaseBody,
+    errors=(
+        ErrorCode.CODE_NOT_FOUND,
+        ErrorCode.CODE_EXPIRED,
+        ErrorCode.ITEM_SOLD,
+        ErrorCode.USER_LIMIT,
+    ),
+)
+
+
+class PurchaseController(Controller):
+    path = "/purchase"
+
+    # An `asgi` handler, the hot path (see notsale.api.raw).
+    @asgi(copy_scope=False, opt={OPENAPI_OPT: PURCHASE_DOC})
+    async def purchase(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = params.single(post_query(scope), "code")
+        services = services_of(scope)
+        if not CODE_PATTERN.fullmatch(raw):
+            raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
+        sale_id = code_sale(raw)
+        # A code of the next sale too: this worker's clock may be behind Redis'.
+        if sale_id is None or sale_id > current_sale(services.settings.sale_seconds) + 1:
+            raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
+        decision = await services.engine.purchase(sale_id, raw)
+        if decision.outcome is None:
+            row = PurchaseRow(
+                sale_id,
+                decision.item_id,
+                decision.user_id,
+                raw,
+                ms_to_datetime(decision.purchased_ms),
+                decision.seq,
+            )
+            try:
+                # Also on a repeat: the first answer may have been lost before its commit.
+                await services.writer.write_purchase(row)
+            except NotsaleError as exc:
+                if exc.code is not ErrorCode.UNAVAILABLE:
+                    # PostgreSQL refused what Redis decided: Redis lost writes. Rebuild the
+                    # sale before it decides more.
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await services.reconciler.invalidate(sale_id)
+                raise
+            await send_body(send, purchase_body(row))
+            return
+        if decision.outcome in (ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED):
+            # Redis does not know the purchase (its sale's keys expired, or it lost writes):
+            # only PostgreSQL can say that none was made.
+            stored = await queries.purchase_by_code(services.reads, raw)
+            if stored is not None:
+                await send_body(send, purchase_body(stored))
+                return
+            if decision.outcome is ErrorCode.CODE_NOT_FOUND and await queries.code_was_issued(
+                services.reads, raw
+            ):
+                await send_refusal(send, ErrorCode.CODE_EXPIRED)
+                return
+        await send_refusal(send, decision.outcome)

@@ -1,0 +1,54 @@
+"""Answering below Litestar's request and response machinery, for the two hot routes.
+
+POST /checkout and POST /purchase are Litestar `asgi` route handlers: Litestar routes them
+and its exception handlers (notsale.api.errors) still map whatever they raise, but they
+read the query and write the answer themselves. Litestar's parameter parsing, dependency
+injection and response building cost more than the rest of a checkout together
+(bench/RESULTS.md). Their OpenAPI entries come from their HotRouteDoc (notsale.api.openapi).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+from litestar import Request
+from litestar.datastructures import MultiDict
+from litestar.exceptions import MethodNotAllowedException
+from litestar.types import HTTPScope, Scope, Send
+
+from notsale.api.models import Body, ErrorBody
+from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode
+
+ENCODER = msgspec.json.Encoder()
+# Refusals are most of a stampede's answers: encoded once.
+REFUSALS = {c: ENCODER.encode(ErrorBody(c.value, DEFAULT_DETAIL[c])) for c in ErrorCode}
+
+
+def post_query(scope: Scope) -> MultiDict[str]:
+    """The query parameters of a POST; any other method is refused (405, with Allow)."""
+    if cast("HTTPScope", scope)["method"] != "POST":  # an http route: never a websocket
+        raise MethodNotAllowedException(headers={"Allow": "POST"})
+    return Request[Any, Any, Any](scope).query_params
+
+
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_body(send: Send, body: Body) -> None:
+    await send_json(send, 200, ENCODER.encode(body))
+
+
+async def send_refusal(send: Send, code: ErrorCode) -> None:
+    await send_json(send, STATUS[code], REFUSALS[code])

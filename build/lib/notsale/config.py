@@ -1,0 +1,111 @@
+"""Settings: one frozen struct built once from the NOTSALE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import msgspec
+
+ENV_PREFIX = "NOTSALE_"
+# Variables of the scripts (scripts/setup, scripts/services), not of the service.
+SCRIPT_VARIABLES = frozenset({"NOTSALE_VENV", "NOTSALE_SERVICES_DIR", "NOTSALE_SERVICES_NO_SYSTEM"})
+# Item ids are stored as PostgreSQL `integer` (sql/001): a sale cannot be larger.
+SALE_SIZE_MAX = 2**31 - 1
+DIGITS = re.compile(r"[0-9]{1,18}")
+URL_SCHEMES = {
+    "redis_url": ("redis", "rediss", "unix"),
+    "database_url": ("postgresql", "postgres"),
+}
+
+
+class SettingsError(ValueError):
+    """A NOTSALE_* variable holds a value the service cannot run with."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = os.cpu_count() or 1
+    sale_seconds: int = 3600
+    sale_size: int = 10_000
+    user_limit: int = 10
+    hold_seconds: int = 60
+    # Entries a sale's outbox may hold (decisions PostgreSQL has not taken yet, ~200 bytes
+    # each) before checkouts are refused with 503: while PostgreSQL is down, Redis fills up
+    # to about this, not to its maxmemory.
+    outbox_max: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "port",
+            "workers",
+            "sale_seconds",
+            "sale_size",
+            "user_limit",
+            "hold_seconds",
+            "outbox_max",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if self.port > 65535:
+            raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")
+        if self.sale_size > SALE_SIZE_MAX:
+            raise SettingsError(f"{ENV_PREFIX}SALE_SIZE must be at most {SALE_SIZE_MAX}")
+        for name, schemes in URL_SCHEMES.items():
+            check_url(f"{ENV_PREFIX}{name.upper()}", getattr(self, name), schemes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from NOTSALE_<FIELD>; unset or empty means the default."""
+        env = os.environ if environ is None else environ
+        raw = {
+            name: env[ENV_PREFIX + name.upper()]
+            for name in cls.__struct_fields__
+            if env.get(ENV_PREFIX + name.upper())
+        }
+        for field in msgspec.structs.fields(cls):
+            # Digits only: int() and msgspec would take "1e3", "8080.0" or " 42 ".
+            value = raw.get(field.name)
+            if field.type is int and value is not None and not DIGITS.fullmatch(value):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{field.name.upper()} must be a whole number in digits,"
+                    f" not {value!r}"
+                )
+        try:
+            # strict=False lets "8080" from the environment become the int field it names.
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            # msgspec says "at `$.port`": name the variable the user actually set instead.
+            where = re.sub(r"`\$\.(\w+)`", lambda m: ENV_PREFIX + m[1].upper(), str(exc))
+            raise SettingsError(f"bad setting: {where}") from exc
+
+
+def check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
+    """The whole URL is read now, so that a bad one fails at start, not at first use."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise SettingsError(f"{variable} is not a valid URL: {exc}") from None
+    if parts.scheme not in schemes:
+        names = ", ".join(f"{s}://" for s in schemes)
+        raise SettingsError(f"{variable} must start with one of {names}, not {url!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{variable} names no host: {url!r}")
+    if port == 0:
+        raise SettingsError(f"{variable} has port 0: {url!r}")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """NOTSALE_* variables that no setting reads (a typo, most likely)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.__struct_fields__}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name not in known | SCRIPT_VARIABLES
+    )

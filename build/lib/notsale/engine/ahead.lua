@@ -1,0 +1,15 @@
+-- ahead.lua: mark a sale ready before it starts, so that it opens even while PostgreSQL is
+-- down: nothing of a sale that has not started can be in PostgreSQL, so there is nothing to
+-- rebuild. Once it has started (on Redis' clock) only a rebuild may mark it (reconcile.lua).
+--
+-- KEYS: 1 ready (as in sale.lua)
+-- ARGV: 1 the sale's start, unix ms  2 the Redis server id  3 unix ms at which the key expires
+-- Returns 1 when marked (or already marked under this id), 0 when the sale has started.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1

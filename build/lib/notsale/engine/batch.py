@@ -1,0 +1,72 @@
+"""Batching: the operations a worker receives while its last Redis call is on the wire ride
+together in the next one, so a stampede costs one round trip per batch, not per request.
+
+One batch per sale is in flight at a time and the next one carries everything that arrived
+meanwhile, in arrival order: the decisions are exactly those of running the requests one by
+one in that order. A lone request is sent at once (on the next loop iteration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+# Operations in one script run at most: bounds how long one run blocks Redis (~a few ms).
+BATCH_MAX_OPS = 256
+
+Sender = Callable[[int, list[Any]], Awaitable[list[Any]]]
+
+
+class _Lane:
+    """The queue and the in-flight flag of one sale."""
+
+    __slots__ = ("busy", "ops", "waiters")
+
+    def __init__(self) -> None:
+        self.ops: list[list[Any]] = []
+        self.waiters: list[asyncio.Future[Any]] = []
+        self.busy = False
+
+
+class Batcher:
+    def __init__(self, send: Sender) -> None:
+        self._send = send
+        self._lanes: dict[int, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
+
+    def submit(self, sale_id: int, op: list[Any]) -> asyncio.Future[Any]:
+        """Queue one operation (its ARGV words); the future gets that operation's reply."""
+        lane = self._lanes.get(sale_id)
+        if lane is None:
+            lane = self._lanes[sale_id] = _Lane()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        lane.ops.append(op)
+        lane.waiters.append(waiter)
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(sale_id, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return waiter
+
+    async def _drain(self, sale_id: int, lane: _Lane) -> None:
+        try:
+            while lane.waiters:
+                await asyncio.sleep(0)  # let the rest of this loop tick's requests join
+                ops, waiters = lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
+                del lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
+                try:
+                    replies = await self._send(sale_id, [word for op in ops for word in op])
+                except Exception as exc:
+                    for w in waiters:
+                        if not w.done():
+                            w.set_exception(exc)
+                    continue
+                for w, reply in zip(waiters, replies, strict=True):
+                    if not w.done():
+                        w.set_result(reply)
+        finally:
+            lane.busy = False
+            if not lane.waiters:
+                self._lanes.pop(sale_id, None)

@@ -1,0 +1,25 @@
+"""Redis key names: one sale's keys share the hash tag {sale:<id>}, so they share a slot."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# The sale ids whose outbox stream exists (may hold entries PostgreSQL lacks), whatever the
+# sale's age: the flushers read every one of them, and drop a sale once its stream is gone.
+OUTBOX_REGISTRY = "notsale:outboxes"
+
+
+class SaleKeys(NamedTuple):
+    """The keys of one sale, in the KEYS order of sale.lua (its header says what each holds)."""
+
+    hold: str
+    hexp: str
+    sold: str
+    code: str
+    users: str
+    outbox: str
+    ready: str
+
+
+def sale_keys(sale_id: int) -> SaleKeys:
+    return SaleKeys(*(f"{{sale:{sale_id}}}:{name}" for name in SaleKeys._fields))

@@ -1,0 +1,182 @@
+-- sale.lua: decide a batch of checkouts and purchases of one sale, atomically, in order,
+-- and log every decision to the sale's outbox. One run carries all the operations a worker
+-- gathered while its previous batch was on the wire.
+--
+-- KEYS: 1 hold   hash  item -> user \t code \t expires_ms
+--       2 hexp   zset  item scored by its hold's expires_ms (counts live holds)
+--       3 sold   hash  item -> user
+--       4 code   hash  code -> item \t user \t expires_ms \t purchased_ms (0 = not bought)
+--                      \t seq (the purchase's place among its user's purchases, 0 = none)
+--       5 users  hash  user -> "bought,item:expires_ms,..." (expired holds dropped lazily)
+--       6 outbox stream of decisions for the PostgreSQL flusher: one field "e" per entry,
+--         the JSON array of notsale/outbox.py's OutboxEvent
+--       7 ready  string: the Redis server id (run_id) under which the sale's state was last
+--         known complete (see reconcile.lua). Missing or another id: Redis lost data or the
+--         sale is new, so checkouts wait for a rebuild from PostgreSQL
+-- ARGV: 1 sale_id  2 sale_ms  3 hold_ms  4 user_limit  5 keep_ms (how long keys outlive the
+--       sale)  6 outbox_max (entries the outbox may hold before checkouts are refused)
+--       7 server id the worker sees now, then operations back to back:
+--         "c", request_id, item_id, user_id, fresh_code   checkout (the code is used only for
+--                                                         a new hold)
+--         "p", code                                       purchase
+--         "r", entry                                      log a checkout refused in Python
+-- Returns one reply per operation, in order:
+--   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit,
+--             or {"wrong_sale", server_sale_id} when Redis' clock is in another sale,
+--             {"unready"} when the sale is not known ready under this server id, or
+--             {"backlog"} when the outbox is full (for these three nothing was changed or logged)
+--   purchase: {"ok", item_id, user_id, purchased_ms, seq} (the first purchase's, on a repeat),
+--             {"code_expired"}, {"code_not_found"}, or {"item_sold"} when the item is sold
+--             under another code (Redis lost writes; nothing is overwritten)
+--   log:      {"ok"} or {"backlog"} (not logged)
+-- A script error stops the run where it stands: callers answer 503 and never run it again.
+
+local HOLD, HEXP, SOLD, CODE, USERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ready = redis.call('GET', KEYS[7]) == ARGV[7]
+local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = string.format('%.0f', now)
+local sale_id, sale_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local hold_ms, limit, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local server_sale = math.floor(now / sale_ms)
+local sale_end = (sale_id + 1) * sale_ms
+
+-- The user's bought count and live holds ("item:expires_ms" strings).
+local function user_state(user, skip_item)
+  local bought, holds = 0, {}
+  local state = redis.call('HGET', USERS, user)
+  if state then
+    local first = true
+    for part in string.gmatch(state, '[^,]+') do
+      if first then
+        bought, first = tonumber(part), false
+      elseif tonumber(string.match(part, ':(%d+)$')) > now
+          and string.match(part, '^(%d+):') ~= skip_item then
+        holds[#holds + 1] = part
+      end
+    end
+  end
+  return bought, holds
+end
+
+local function save_user(user, bought, holds)
+  local state = tostring(bought)
+  if #holds > 0 then
+    state = state .. ',' .. table.concat(holds, ',')
+  end
+  redis.call('HSET', USERS, user, state)
+end
+
+local function log(entry)
+  redis.call('XADD', OUTBOX, '*', 'e', cjson.encode(entry))
+end
+
+local function checkout(request, item, user, code)
+  if server_sale ~= sale_id then
+    return {'wrong_sale', server_sale}
+  end
+  if not ready then
+    return {'unready'}
+  end
+  if full then
+    return {'backlog'}
+  end
+  local outcome, expires = nil, 0
+  if redis.call('HEXISTS', SOLD, item) == 1 then
+    outcome = 'item_sold'
+  else
+    local h = redis.call('HGET', HOLD, item)
+    local holder, held_code, held_exp
+    if h then
+      holder, held_code, held_exp = string.match(h, '^(.-)\t(.-)\t(%d+)$')
+      held_exp = tonumber(held_exp)
+    end
+    if h and held_exp > now then
+      if holder == user then
+        -- The holder asking again gets the same hold back, not a longer one.
+        outcome, code, expires = 'ok', held_code, held_exp
+      else
+        outcome = 'item_held'
+      end
+    else
+      local bought, holds = user_state(user, nil)
+      if bought + #holds >= limit then
+        outcome = 'user_limit'
+      else
+        outcome = 'ok'
+        expires = math.min(now + hold_ms, sale_end)
+        local exp_s = string.format('%.0f', expires)
+        holds[#holds + 1] = item .. ':' .. exp_s
+        redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
+        redis.call('ZADD', HEXP, expires, item)
+        redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
+        save_user(user, bought, holds)
+        local gone = string.format('%.0f', sale_end + keep_ms)
+        for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
+          redis.call('PEXPIREAT', key, gone)
+        end
+      end
+    end
+  end
+  if outcome ~= 'ok' then
+    code = ''
+  end
+  log({'c', request, user, item, outcome, code, now_s, 0})
+  return {outcome, code, expires}
+end
+
+local function purchase(code)
+  local rec = redis.call('HGET', CODE, code)
+  if not rec then
+    return {'code_not_found'}
+  end
+  local item, user, expires, paid, seq = string.match(rec, '^(%d+)\t(.-)\t(%d+)\t(%d+)\t(%d+)$')
+  if paid ~= '0' then
+    return {'ok', item, user, tonumber(paid), tonumber(seq)}
+  end
+  -- A hold never outlives its sale, so this also refuses codes of an ended sale.
+  if tonumber(expires) <= now then
+    return {'code_expired'}
+  end
+  -- A sold item is never sold again: only after Redis lost writes can a live hold's item be
+  -- found sold (to the purchase it lost track of).
+  if redis.call('HEXISTS', SOLD, item) == 1 then
+    return {'item_sold'}
+  end
+  redis.call('HSET', SOLD, item, user)
+  local ttl = redis.call('PTTL', CODE)
+  if ttl > 0 then
+    redis.call('PEXPIRE', SOLD, ttl)  -- the first sale creates the hash: same end as the rest
+  end
+  redis.call('HDEL', HOLD, item)
+  redis.call('ZREM', HEXP, item)
+  local bought, holds = user_state(user, item)
+  bought = bought + 1
+  save_user(user, bought, holds)
+  redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t' .. now_s
+    .. '\t' .. bought)
+  log({'p', '', user, item, 'ok', code, now_s, bought})
+  return {'ok', item, user, now, bought}
+end
+
+local replies, i = {}, 8
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'c' then
+    replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    i = i + 5
+  elseif op == 'p' then
+    replies[#replies + 1] = purchase(ARGV[i + 1])
+    i = i + 2
+  else
+    if full then
+      replies[#replies + 1] = {'backlog'}
+    else
+      redis.call('XADD', OUTBOX, '*', 'e', ARGV[i + 1])
+      replies[#replies + 1] = {'ok'}
+    end
+    i = i + 2
+  end
+end
+return replies

@@ -1,0 +1,171 @@
+"""The sale engine: every decision is one Lua script run in Redis, on Redis' clock."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import coredis
+import msgspec
+
+from notsale.config import Settings
+from notsale.engine.batch import Batcher
+from notsale.engine.client import REDIS_DOWN, server_id
+from notsale.engine.clock import current_sale
+from notsale.engine.codes import new_code
+from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.errors import ErrorCode, Store, Unavailable
+
+SCRIPTS_DIR = Path(__file__).parent
+
+# Keys outlive their sale by this long, so a late purchase retry is still answered from Redis;
+# after that PostgreSQL answers it, and Redis memory does not grow sale after sale.
+KEEP_AFTER_SALE_MS = 3_600_000
+
+# A checkout may meet a sale rollover and an unready sale before it is decided.
+CHECKOUT_TRIES = 3
+
+
+class CheckoutDecision(msgspec.Struct, frozen=True):
+    outcome: ErrorCode | None  # None = ok
+    sale_id: int
+    code: str
+    expires_ms: int
+
+
+class PurchaseDecision(msgspec.Struct, frozen=True):
+    outcome: ErrorCode | None  # None = ok
+    item_id: int = 0
+    user_id: str = ""
+    purchased_ms: int = 0
+    seq: int = 0
+
+
+class SaleEngine:
+    """Runs the sale's Lua scripts. The one place that talks to Redis about a sale."""
+
+    def __init__(
+        self,
+        redis: coredis.Redis[str],
+        settings: Settings,
+        prepare: Callable[[int, str], Awaitable[None]] | None = None,
+    ) -> None:
+        """`prepare(sale_id, server)` makes a sale ready under a Redis server id when sale.lua
+        finds it unready (a new sale, or Redis lost data): see store/reconcile.py."""
+        self.redis = redis
+        self.settings = settings
+        self._prepare = prepare
+        self._sale = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
+        self._stats = redis.register_script((SCRIPTS_DIR / "stats.lua").read_text())
+        self._batcher = Batcher(self._send)
+        # Request ids: unique per worker start (72 random bits), then a counter.
+        self._request_prefix = secrets.token_urlsafe(9)
+        self._requests = itertools.count(1)
+        # The Redis server id (run_id) this worker believes it talks to (see watch.py).
+        self.server: str | None = None
+        # Set by a failed call: the next decision asks Redis who it is first (a restart or a
+        # failover breaks connections), so a rolled-back Redis is rarely trusted even once.
+        self._verify = False
+        self._registered: set[int] = set()  # sales whose outbox this worker has registered
+
+    def new_request_id(self) -> str:
+        return f"{self._request_prefix}.{next(self._requests)}"
+
+    def server_changed(self, server: str) -> None:
+        """Redis is another process now (restart, failover): what it holds may be older than
+        what this worker saw, so every sale must be known ready again under the new id."""
+        self.server = server
+        self._registered.clear()
+
+    async def refresh_server(self) -> str:
+        try:
+            server = await server_id(self.redis)
+        except REDIS_DOWN as exc:
+            raise Unavailable(Store.REDIS) from exc
+        if server != self.server:
+            self.server_changed(server)
+        self._verify = False
+        return server
+
+    async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
+        """A script run, exactly once: any failure is 503, and it is never sent again."""
+        try:
+            return list(await script(keys=keys, args=args))
+        except REDIS_DOWN as exc:
+            self._verify = True
+            raise Unavailable(Store.REDIS) from exc
+
+    async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
+        """One sale.lua run carrying a batch of operations (see batch.py)."""
+        s = self.settings
+        server = self.server
+        if server is None or self._verify:
+            server = await self.refresh_server()
+        if sale_id not in self._registered:
+            # Before the sale's first entry: the flushers find every outbox in the registry.
+            try:
+                await self.redis.sadd(OUTBOX_REGISTRY, [str(sale_id)])
+            except REDIS_DOWN as exc:
+                raise Unavailable(Store.REDIS) from exc
+            self._registered.add(sale_id)
+        head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000]
+        head += [s.user_limit, KEEP_AFTER_SALE_MS, s.outbox_max, server]
+        return await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
+
+    async def checkout(
+        self, user_id: str, item_id: int, request_id: str | None = None
+    ) -> CheckoutDecision:
+        """`request_id` keys the attempt's row (default: a new one)."""
+        request_id = request_id or self.new_request_id()
+        sale_id = current_sale(self.settings.sale_seconds)
+        for _ in range(CHECKOUT_TRIES):
+            code = new_code(sale_id)
+            reply = await self._batcher.submit(sale_id, ["c", request_id, item_id, user_id, code])
+            if reply[0] == "wrong_sale":
+                # This worker's clock and Redis' disagree on which sale runs: Redis' wins.
+                sale_id = int(reply[1])
+            elif reply[0] == "unready":
+                if self._prepare is None:
+                    break
+                await self._prepare(sale_id, await self.refresh_server())
+            elif reply[0] == "backlog":
+                raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
+            else:
+                outcome = None if reply[0] == "ok" else ErrorCode(reply[0])
+                return CheckoutDecision(outcome, sale_id, reply[1], int(reply[2]))
+        raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
+
+    async def purchase(self, sale_id: int, code: str) -> PurchaseDecision:
+        reply = await self._batcher.submit(sale_id, ["p", code])
+        if reply[0] != "ok":
+            return PurchaseDecision(ErrorCode(reply[0]))
+        return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
+
+    async def log(self, sale_id: int, entry: bytes) -> bool:
+        """Append an entry to the sale's outbox; False when the outbox is full."""
+        reply = await self._batcher.submit(sale_id, ["r", entry])
+        return bool(reply[0] == "ok")
+
+    async def _stats_of(self, sale_id: int, item: int | str) -> list[Any]:
+        k = sale_keys(sale_id)
+        keys = [k.hold, k.hexp, k.sold, k.ready]
+        reply = await self._run(self._stats, keys, [item, self.server or ""])
+        if reply[0] == "unready" and self._prepare is not None:
+            # Redis lost the sale (or this worker's view of Redis is old): read it once rebuilt.
+            server = await self.refresh_server()
+            await self._prepare(sale_id, server)
+            reply = await self._run(self._stats, keys, [item, server])
+        if reply[0] == "unready":
+            raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
+        return reply
+
+    async def counts(self, sale_id: int) -> tuple[int, int]:
+        """(sold, held) of a sale."""
+        sold, held = await self._stats_of(sale_id, "")
+        return int(sold), int(held)
+
+    async def item_status(self, sale_id: int, item_id: int) -> str:
+        return str((await self._stats_of(sale_id, item_id))[0])

@@ -1,0 +1,86 @@
+"""Watching Redis from each worker: which server answers, and the next sale made ready.
+
+Redis can come back with less than it had: a restart that reloads an AOF written with
+`appendfsync everysec` or an older snapshot, a failover to a replica that lagged. Its sale
+state then misses the last decisions while the sale's `ready` key survives. Every such event
+gives Redis another server id (run_id); a sale is ready only under the id it was rebuilt or
+marked under, so once a worker sees the new id, the sale is rebuilt from PostgreSQL before
+anything more is decided. Until then PostgreSQL's own checks refuse what Redis gets wrong
+(sql/003: an item sold twice, a user past the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from notsale.config import Settings
+from notsale.engine.client import REDIS_DOWN
+from notsale.engine.clock import current_sale
+from notsale.engine.sale import SaleEngine
+from notsale.errors import NotsaleError
+from notsale.store.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+# How often a worker asks Redis who it is: bounds how long decisions run on rolled-back
+# state before the rebuild (PostgreSQL refuses any wrong purchase meanwhile).
+WATCH_EVERY_S = 0.5
+# The only policy under which Redis never evicts sale keys or the outbox at maxmemory.
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+class Watch:
+    def __init__(self, engine: SaleEngine, reconciler: Reconciler, settings: Settings) -> None:
+        self._engine = engine
+        self._reconciler = reconciler
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notsale-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def check(self) -> str:
+        """Learn Redis' server id (a new one makes every sale rebuild before deciding again)
+        and mark the next sale ready before it starts, so that it opens without PostgreSQL."""
+        known = self._engine.server
+        server = await self._engine.refresh_server()
+        if known is not None and server != known:
+            log.warning(
+                "Redis is another server now (restart or failover): sales are rebuilt from"
+                " PostgreSQL before deciding again",
+                extra={"was": known, "now": server},
+            )
+        await self._reconciler.mark_ahead(current_sale(self._settings.sale_seconds) + 1, server)
+        return server
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(NotsaleError, *REDIS_DOWN):
+                await self.check()
+            await asyncio.sleep(WATCH_EVERY_S)
+
+
+async def warn_on_eviction(engine: SaleEngine) -> None:
+    """Say loudly at start when Redis may evict sale keys (they carry TTLs, so even volatile-*
+    policies take them) or the outbox: evicted decisions are lost decisions."""
+    try:
+        config = await engine.redis.config_get(["maxmemory-policy", "maxmemory"])
+    except REDIS_DOWN as exc:
+        log.warning("could not read Redis' eviction policy", extra={"error": repr(exc)})
+        return
+    policy = config.get("maxmemory-policy")
+    if policy != SAFE_EVICTION_POLICY:
+        log.warning(
+            "Redis may evict sale state and the outbox under memory pressure: set"
+            " maxmemory-policy noeviction",
+            extra={"maxmemory_policy": policy, "maxmemory": config.get("maxmemory")},
+        )

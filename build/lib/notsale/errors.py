@@ -1,0 +1,75 @@
+"""Every error code of the HTTP contract, as an exception with its status."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    ITEM_NOT_FOUND = "item_not_found"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CODE_NOT_FOUND = "code_not_found"
+    ITEM_SOLD = "item_sold"
+    ITEM_HELD = "item_held"
+    CODE_EXPIRED = "code_expired"
+    USER_LIMIT = "user_limit"
+    UNAVAILABLE = "unavailable"
+
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.ITEM_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CODE_NOT_FOUND: 404,
+    ErrorCode.ITEM_SOLD: 409,
+    ErrorCode.ITEM_HELD: 409,
+    ErrorCode.CODE_EXPIRED: 410,
+    ErrorCode.USER_LIMIT: 429,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+DEFAULT_DETAIL: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_REQUEST: "The request is missing a parameter or has a malformed one.",
+    ErrorCode.ITEM_NOT_FOUND: "No such item in this sale, or the sale has not started.",
+    ErrorCode.NOT_FOUND: "No such route.",
+    ErrorCode.METHOD_NOT_ALLOWED: "This route does not take that method.",
+    ErrorCode.CODE_NOT_FOUND: "This purchase code is unknown.",
+    ErrorCode.ITEM_SOLD: "This item is already sold.",
+    ErrorCode.ITEM_HELD: "Another user holds this item right now; try again later.",
+    ErrorCode.CODE_EXPIRED: "The hold behind this code expired or its sale ended.",
+    ErrorCode.USER_LIMIT: "You already hold or bought as many items as one user may in this sale.",
+    ErrorCode.UNAVAILABLE: (
+        "A backing store cannot be reached or refused to write; the outcome is unknown. Retry:"
+        " a purchase with the same code is safe to retry, and a checkout retried gets the same"
+        " code back if its hold was made."
+    ),
+}
+
+
+class Store(StrEnum):
+    """What an `unavailable` answer is about."""
+
+    REDIS = "redis"
+    POSTGRES = "postgres"
+    BACKLOG = "backlog"  # the outbox holds too much that PostgreSQL has not taken yet
+
+
+class NotsaleError(Exception):
+    """An answer of the contract that is not a success; the app maps it to JSON."""
+
+    def __init__(self, code: ErrorCode, detail: str | None = None) -> None:
+        self.code = code
+        self.status = STATUS[code]
+        self.detail = detail or DEFAULT_DETAIL[code]
+        super().__init__(f"{code}: {self.detail}")
+
+
+class Unavailable(NotsaleError):
+    """503: a store failed, refused or did not answer in time; `store` says which."""
+
+    def __init__(self, store: Store, detail: str | None = None) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, detail)
+        self.store = store

@@ -1,0 +1,112 @@
+"""The outbox: the log of decisions Redis keeps until PostgreSQL has them as rows.
+
+This module owns the entry format (written by sale.lua and by `record_refused` below, read by
+the flusher), its codec, and how a checkout refused before Redis decided it is recorded.
+Every checkout carries a request id made by its worker; its attempt row is keyed by it, so
+the decision's entry and any fallback row of the same request become one row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from notsale.engine.clock import now_ms
+from notsale.errors import ErrorCode, NotsaleError, Store
+from notsale.store.rows import AttemptRow, PurchaseRow, int_or_none, ms_to_datetime, storable
+
+if TYPE_CHECKING:
+    from notsale.engine.sale import SaleEngine
+    from notsale.store.writer import GroupCommit
+
+# Raw values of a rejected request are stored cut to these lengths (they can be anything).
+RAW_VALUE_CHARS = 128
+RAW_QUERY_CHARS = 1024
+
+
+class OutboxEvent(msgspec.Struct, array_like=True, frozen=True):
+    """One entry: a JSON array in the stream entry's field "e". sale.lua builds the same
+    array with cjson: {kind, request, user, item, outcome, code, time_ms, seq}."""
+
+    kind: str  # "c" checkout attempt, "p" purchase
+    request: str  # the checkout's request id (the attempt row's key); "" for a purchase
+    user: str
+    item: str
+    outcome: str
+    code: str
+    time_ms: str
+    seq: int  # a purchase's place among its user's purchases in the sale (1..limit); else 0
+    query: str | None = None  # the raw query string of a malformed request
+
+
+ENCODER = msgspec.json.Encoder()
+DECODER = msgspec.json.Decoder(OutboxEvent)
+
+# What `rows` raises for an entry that is not one this module or sale.lua wrote.
+UNREADABLE = (KeyError, ValueError, OverflowError, OSError, msgspec.MsgspecError)
+
+
+def attempt_row(sale_id: int, event: OutboxEvent, entry_id: str = "") -> AttemptRow:
+    query = None if event.query is None else storable(event.query)
+    return AttemptRow(
+        event.request or f"{sale_id}:{entry_id}",
+        sale_id,
+        storable(event.user),
+        int_or_none(event.item),
+        event.code or None,
+        event.outcome,
+        query,
+        ms_to_datetime(int(event.time_ms)),
+    )
+
+
+def rows(
+    sale_id: int, entry_id: str, payload: str | bytes
+) -> tuple[AttemptRow | None, PurchaseRow | None]:
+    """One stream entry as the row it logs."""
+    event = DECODER.decode(payload)
+    if event.kind == "p":
+        at = ms_to_datetime(int(event.time_ms))
+        return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at, event.seq)
+    return attempt_row(sale_id, event, entry_id), None
+
+
+def refused_event(
+    request_id: str, outcome: ErrorCode, user_raw: str, item_raw: str, query: str
+) -> OutboxEvent:
+    """The entry of a checkout refused in Python, its raw values cut to bounded length."""
+    return OutboxEvent(
+        "c",
+        request_id,
+        user_raw[:RAW_VALUE_CHARS],
+        item_raw[:RAW_VALUE_CHARS],
+        outcome.value,
+        "",
+        str(now_ms()),
+        0,
+        query[:RAW_QUERY_CHARS],
+    )
+
+
+async def record_refused(
+    engine: SaleEngine,
+    writer: GroupCommit,
+    sale_id: int,
+    event: OutboxEvent,
+    failed: Store | None,
+) -> None:
+    """Record a checkout that Redis did not decide, in whichever store takes it: the outbox
+    (unless Redis is what failed, or its backlog is full), else PostgreSQL directly. When
+    neither can, the worker keeps the row and writes it once PostgreSQL is back."""
+    if failed is None or failed is Store.POSTGRES:
+        try:
+            if await engine.log(sale_id, ENCODER.encode(event)):
+                return
+        except NotsaleError:
+            pass  # PostgreSQL may still take it
+    row = attempt_row(sale_id, event)
+    try:
+        await writer.write_attempt(row)
+    except NotsaleError:
+        writer.write_later(row)

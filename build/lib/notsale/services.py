@@ -1,0 +1,45 @@
+"""What the controllers are handed: the live clients of one worker, opened by the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias, cast
+
+import asyncpg
+import coredis
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.types import Scope
+
+from notsale.config import Settings
+from notsale.engine.sale import SaleEngine
+from notsale.store.flusher import Flusher
+from notsale.store.reconcile import Reconciler
+from notsale.store.writer import GroupCommit
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: coredis.Redis[str]
+    engine: SaleEngine
+    pool: asyncpg.Pool  # the writers' (group commit, flusher, rebuilds)
+    reads: asyncpg.Pool  # the reads' (store/queries.py)
+    writer: GroupCommit
+    flusher: Flusher
+    reconciler: Reconciler
+
+
+# How a handler asks for them: `services: ServicesDep` (Litestar injects by name).
+ServicesDep: TypeAlias = NamedDependency[Services]
+
+
+def services_from_state(state: State) -> Services:
+    """The dependency provider: the lifespan keeps the worker's Services in the app state."""
+    return cast(Services, state.services)
+
+
+def services_of(scope: Scope) -> Services:
+    """The same, for the `asgi` route handlers, which take no dependencies."""
+    return services_from_state(Litestar.from_scope(scope).state)

@@ -1,0 +1,1 @@
+"""PostgreSQL: the pool, the migrations, the batched writers."""
