@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,9 +34,12 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
     tmp_path: Path, stores: Stores
 ) -> None:
+    # Built from a copy: a build leaves build/ and *.egg-info in the tree it builds.
+    ignored = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
+    source = await asyncio.to_thread(shutil.copytree, REPO, tmp_path / "source", ignore=ignored)
     await asyncio.to_thread(
         run, sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", "wheels",
-        str(REPO), cwd=tmp_path,
+        str(source), cwd=tmp_path,
     )  # fmt: skip
     [wheel] = (tmp_path / "wheels").glob("notsale-*.whl")
     venv = tmp_path / "venv"

@@ -1,1 +1,0 @@
-"""The sale rules: the clock, the Lua scripts that decide, and their Redis caller."""

@@ -1,1 +1,0 @@
-"""PostgreSQL: the pool, the migrations, the batched writers."""
