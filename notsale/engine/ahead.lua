@@ -5,11 +5,15 @@
 -- KEYS: 1 ready (as in sale.lua)
 -- ARGV: 1 the sale's start, unix ms  2 the Redis server id  3 unix ms at which the key expires
 -- Returns 1 when marked (or already marked under this id), 0 when the sale has started.
+-- Every worker calls it every WATCH_EVERY_S: it writes (and so appends to the AOF) only when
+-- the mark is missing or names another server.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+end
 return 1

@@ -74,19 +74,17 @@ class SaleEngine:
     def new_request_id(self) -> str:
         return f"{self._request_prefix}.{next(self._requests)}"
 
-    def server_changed(self, server: str) -> None:
-        """Redis is another process now (restart, failover): what it holds may be older than
-        what this worker saw, so every sale must be known ready again under the new id."""
-        self.server = server
-        self._registered.clear()
-
     async def refresh_server(self) -> str:
+        """Ask Redis who it is. Another process now (restart, failover) may hold less than
+        this worker saw: sales are then ready only once marked under the new id, and the
+        outbox registry, which may have lost this worker's entries, is written again."""
         try:
             server = await server_id(self.redis)
         except REDIS_DOWN as exc:
             raise Unavailable(Store.REDIS) from exc
         if server != self.server:
-            self.server_changed(server)
+            self.server = server
+            self._registered.clear()
         self._verify = False
         return server
 
