@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -264,3 +265,19 @@ class FaultProxy:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await changed.wait()
+
+
+def through(url: str, proxy: FaultProxy) -> str:
+    """`url` pointing at the proxy instead of its server (user, password and path kept)."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}{at}{proxy.address}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def in_front_of(url: str, default_port: int) -> Iterator[tuple[FaultProxy, str]]:
+    """A proxy in front of the server `url` names, and `url` through it."""
+    parts = urlsplit(url)
+    with FaultProxy(parts.hostname or "127.0.0.1", parts.port or default_port) as proxy:
+        yield proxy, through(url, proxy)

@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import coredis
@@ -42,7 +42,7 @@ from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
 from notsale.store.queries import PURCHASE_FIELDS
 from notsale.store.rows import ATTEMPT_COLUMNS, AttemptRow, PurchaseRow
 from tests.conftest import SERVER_START_TIMEOUT_S, free_port, log_tail, spawn_server
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import FaultProxy, through
 from tests.redisserver import RedisServer
 
 # A request not answered within this long counts as unanswered (a hang, see `check`).
@@ -198,14 +198,6 @@ def sale_seconds_for(run_s: float, now: float | None = None) -> int:
     while seconds - now % seconds < need:
         seconds += 600
     return seconds
-
-
-def with_host_port(url: str, port: int) -> str:
-    """The URL pointing at 127.0.0.1:`port` instead, user and password kept."""
-    parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    netloc = f"{userinfo}{at}127.0.0.1:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -781,7 +773,7 @@ async def run_nemesis(
         sale_seconds = sale_seconds_for(seconds + OUTBOX_DRAIN_S + 120)
         settings = Settings(
             redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
-            database_url=with_host_port(database_url, pg_proxy.port),
+            database_url=through(database_url, pg_proxy),
             host="127.0.0.1",
             port=free_port(),
             workers=workers,

@@ -33,12 +33,13 @@ from notsale.store.migrations import migrate
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import REBUILD_DEADLINE_S
 from tests.conftest import Stores, Throwaway, wait_for
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
 from tests.test_api import assert_error, checkout, purchase
 from tests.test_reconcile import notsale_cli
 
 Client = AsyncTestClient[Any]
+PG_PORT = 5432  # PostgreSQL's, when a URL names none
 
 # Lua that keeps Redis busy (it answers nobody meanwhile) for ARGV[1] milliseconds.
 BUSY = """
@@ -356,9 +357,7 @@ async def test_a_checkout_answered_503_while_both_stores_fail_keeps_its_row_and_
 ) -> None:
     """Both stores fail at once: Redis stalls past the timeout (the script runs later), and
     PostgreSQL refuses connections. The row waits in the worker, then meets the decision."""
-    port = int(stores.database_url.split(":")[-1].split("/")[0])
-    with RedisServer() as server, FaultProxy("127.0.0.1", port) as pg:
-        url = stores.database_url.replace(f":{port}/", f":{pg.port}/")
+    with RedisServer() as server, in_front_of(stores.database_url, PG_PORT) as (pg, url):
         settings = make_settings(redis_url=server.url, database_url=url)
         async with (
             app_client(settings) as client,
@@ -437,9 +436,7 @@ async def test_a_flood_of_reads_does_not_starve_purchases(
 ) -> None:
     """Case 7: reads have their own pool and a bounded wait for it, so a purchase is not
     queued behind them."""
-    port = int(stores.database_url.split(":")[-1].split("/")[0])
-    with FaultProxy("127.0.0.1", port) as proxy:
-        url = stores.database_url.replace(f":{port}/", f":{proxy.port}/")
+    with in_front_of(stores.database_url, PG_PORT) as (proxy, url):
         server = await serve(database_url=url, workers=1)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
             codes = []
@@ -466,9 +463,7 @@ async def test_callers_waiting_on_a_rebuild_share_it_and_fail_fast(
 ) -> None:
     """Case 7: with PostgreSQL stalled, a sale that must be rebuilt answers all its waiting
     checkouts within one rebuild's deadline, not one after another, and the next at once."""
-    port = int(stores.database_url.split(":")[-1].split("/")[0])
-    with FaultProxy("127.0.0.1", port) as proxy:
-        url = stores.database_url.replace(f":{port}/", f":{proxy.port}/")
+    with in_front_of(stores.database_url, PG_PORT) as (proxy, url):
         settings = make_settings(database_url=url)
         async with app_client(settings) as client, connect(settings.redis_url) as redis:
             assert (await checkout(client, "oz", 1)).status_code == 200
