@@ -41,11 +41,15 @@ WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 WRK_COUNT = re.compile(r"(\d+) requests in")
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-# (label, wrk script, script arguments) of the notsale runs.
-MODES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("checkout (stampede, random items)", "checkout.lua", ()),
-    ("purchase (each waits for its commit)", "purchase.lua", ("200",)),
-    ("mix (checkout, then purchase on 200)", "mix.lua", ()),
+CHECKOUT = "checkout (stampede, random items)"
+NO_METRICS = "checkout, NOTSALE_METRICS=0"
+# (label, wrk script, script arguments, extra settings) of the notsale runs.
+MODES: tuple[tuple[str, str, tuple[str, ...], dict[str, str]], ...] = (
+    (CHECKOUT, "checkout.lua", (), {}),
+    ("purchase (each waits for its commit)", "purchase.lua", ("200",), {}),
+    ("mix (checkout, then purchase on 200)", "mix.lua", (), {}),
+    # What recording metrics costs the hot path: the same run with them off.
+    (NO_METRICS, "checkout.lua", (), {"NOTSALE_METRICS": "0"}),
 )
 
 
@@ -224,8 +228,8 @@ def main() -> int:
         with running([*granian, "bench.hello:app"], dict(os.environ), url):
             return wrk(url, opts.seconds)
 
-    def notsale_run(script: str, args: tuple[str, ...]) -> dict[str, float]:
-        env = notsale_env()
+    def notsale_run(script: str, args: tuple[str, ...], extra: dict[str, str]) -> dict[str, float]:
+        env = {**notsale_env(), **extra}
         with running(serve, env, url + "/health") as server:
             got = wrk(url, opts.seconds, script, *args)
             got["rss"] = worker_rss_mb(server)
@@ -239,8 +243,8 @@ def main() -> int:
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(opts.repeat):
         runs.setdefault("hello-world (bare ASGI)", []).append(hello_run())
-        for label, script, args in MODES:
-            runs.setdefault(label, []).append(notsale_run(script, args))
+        for label, script, args, extra in MODES:
+            runs.setdefault(label, []).append(notsale_run(script, args, extra))
     hello_rps = median(r["rps"] for r in runs["hello-world (bare ASGI)"])
     rows = [
         (
@@ -267,6 +271,11 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    with_metrics = median(r["rps"] for r in runs[CHECKOUT])
+    without = median(r["rps"] for r in runs[NO_METRICS])
+    print(
+        f"\nmetrics cost: checkout throughput with metrics / without = {with_metrics / without:.3f}"
+    )
 
     if not opts.skip_locust:
         locust = [

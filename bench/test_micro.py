@@ -3,6 +3,7 @@ CI runs them once each with --benchmark-disable, as a smoke test."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 from typing import Any
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 
 from bench.conftest import Runner
-from notsale import outbox
+from notsale import metrics, outbox
 from notsale.api.models import CheckoutBody
 from notsale.catalog import item_name
 from notsale.engine.clock import current_sale
@@ -99,3 +100,26 @@ def test_write_attempts(benchmark: Any, runner: Runner, write: Any, rows: int) -
 
     benchmark.extra_info["rows"] = rows
     benchmark.pedantic(lambda a: runner.run(store(a)), setup=lambda: ((batch(),), {}), rounds=5)
+
+
+def test_metrics_recorded_per_checkout(benchmark: Any) -> None:
+    """What metrics add to one checkout: the request wrapper (status count and latency) and
+    the outcome count, around an app that answers at once. Single-process values here;
+    under `notsale serve` they go to memory-mapped files (measured by bench/run.py)."""
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        metrics.outcome("/checkout", "ok")
+
+    async def discard(message: Any) -> None:
+        pass
+
+    app = metrics.metered(answer)
+    scope = {"type": "http", "path_template": "/checkout"}
+
+    def one() -> None:
+        coroutine = app(scope, None, discard)
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)  # nothing in it waits: it runs to its end here
+
+    benchmark(one)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from notsale.config import Settings, SettingsError, unknown_variables
-from notsale.logs import setup_logging
+from notsale.logs import ACCESS_FORMAT, log_config, setup_logging
 from notsale.store.migrations import migrate
 
 log = logging.getLogger("notsale")
@@ -24,6 +28,8 @@ MAX_HEAD_BYTES = 16 * 1024
 HEADER_READ_TIMEOUT_MS = 10_000
 # After granian gave up on crashing workers, wait this long before starting it again.
 RESTART_DELAY_S = 1.0
+# prometheus_client's multiprocess mode keeps every process' values in files under this.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def run_migrations(settings: Settings) -> None:
@@ -40,8 +46,29 @@ def run_migrations(settings: Settings) -> None:
     log.info("migrations done", extra={"applied": applied})
 
 
+@contextlib.contextmanager
+def metrics_directory(settings: Settings) -> Iterator[None]:
+    """A fresh directory where each worker keeps its metrics (prometheus_client's
+    multiprocess mode, see notsale.metrics), removed when serving ends. Set before anything
+    imports prometheus_client: the workers inherit it."""
+    if not settings.metrics:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="notsale-metrics-")
+    os.environ[METRICS_DIR_VARIABLE] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def serve(settings: Settings) -> None:
-    run_migrations(settings)
+    with metrics_directory(settings):
+        run_migrations(settings)
+        serve_until_stopped(settings)
+
+
+def serve_until_stopped(settings: Settings) -> None:
     while True:
         server = granian(settings)
         try:
@@ -73,7 +100,9 @@ def granian(settings: Settings) -> Any:
         http1_settings=HTTP1Settings(
             max_buffer_size=MAX_HEAD_BYTES, header_read_timeout=HEADER_READ_TIMEOUT_MS
         ),
-        log_access=False,
+        log_dictconfig=log_config(settings.log_format),
+        log_access=settings.access_log,
+        log_access_format=ACCESS_FORMAT,
         respawn_failed_workers=True,
         respawn_interval=0.5,
     )
@@ -118,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only report differences; exit 1 when there are any",
     )
     args = parser.parse_args(argv)
-    setup_logging()
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"notsale: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.log_format)
     for name in unknown_variables(os.environ):
         log.warning(
             "unknown setting ignored: no NOTSALE_ variable has this name", extra={"variable": name}

@@ -7,14 +7,19 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-from litestar import Litestar
+from litestar import Litestar, Response
+from litestar._openapi import plugin as litestar_openapi
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.params import FromPath
 
-from notsale import __version__
+from notsale import __version__, metrics
 from notsale.api.checkout import CheckoutController
 from notsale.api.errors import EXCEPTION_HANDLERS
 from notsale.api.health import HealthController
+from notsale.api.metrics import MetricsController
 from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.purchase import PurchaseController
 from notsale.api.sales import SalesController
@@ -41,9 +46,19 @@ GC_THRESHOLDS = (50_000, 20, 20)
 MAX_BODY_BYTES = 16 * 1024
 
 
+def schema_path_not_found(path: FromPath[str] = "/") -> Response[None]:
+    """Replaces Litestar's HTML 404 page for unknown /schema/… paths: our JSON 404."""
+    raise NotFoundException
+
+
+# Litestar registers this function for /schema/{path} when the app is built.
+litestar_openapi.handle_schema_path_not_found = schema_path_not_found
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    setup_logging()
+    setup_logging(settings.log_format)
+    metrics.enabled = settings.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(served: Litestar) -> AsyncIterator[None]:
@@ -93,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SalesController,
             UsersController,
             HealthController,
+            *([MetricsController] if settings.metrics else []),
         ],
         dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -102,9 +118,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="notsale",
             version=__version__,
             path="/schema",
+            # The document only, as JSON (and YAML): Litestar's HTML viewers load their code
+            # from third-party CDNs, which a service should not make its readers do.
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
             description="A flash sale: checkout holds an item, purchase buys it.",
         ),
     )
     document_hot_routes(app)
     document_raw_parameters(app.openapi_schema)
+    if settings.metrics:
+        app.asgi_handler = metrics.metered(app.asgi_handler)
     return app

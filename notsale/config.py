@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -15,6 +16,7 @@ SCRIPT_VARIABLES = frozenset({"NOTSALE_VENV", "NOTSALE_SERVICES_DIR", "NOTSALE_S
 # Item ids are stored as PostgreSQL `integer` (sql/001): a sale cannot be larger.
 SALE_SIZE_MAX = 2**31 - 1
 DIGITS = re.compile(r"[0-9]{1,18}")
+BOOLEANS = ("1", "0", "true", "false")
 URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
     "database_url": ("postgresql", "postgres"),
@@ -39,6 +41,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # each) before checkouts are refused with 503: while PostgreSQL is down, Redis fills up
     # to about this, not to its maxmemory.
     outbox_max: int = 1_000_000
+    # GET /metrics and what feeds it (notsale.metrics); 0 or false turns both off.
+    metrics: bool = True
+    # "json": one JSON object per line; "text": readable lines; "auto": text on a terminal.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # One line per request from granian (method, path, status, time; never the query).
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -71,10 +79,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for field in msgspec.structs.fields(cls):
             # Digits only: int() and msgspec would take "1e3", "8080.0" or " 42 ".
             value = raw.get(field.name)
-            if field.type is int and value is not None and not DIGITS.fullmatch(value):
+            if value is None:
+                continue
+            if field.type is int and not DIGITS.fullmatch(value):
                 raise SettingsError(
                     f"{ENV_PREFIX}{field.name.upper()} must be a whole number in digits,"
                     f" not {value!r}"
+                )
+            if field.type is bool and value.lower() not in BOOLEANS:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{field.name.upper()} must be 1, 0, true or false, not {value!r}"
                 )
         try:
             # strict=False lets "8080" from the environment become the int field it names.

@@ -327,3 +327,14 @@ async def test_openapi_lists_every_route_with_its_errors(client: Client) -> None
     checkout_responses = paths["/checkout"]["post"]["responses"]
     assert {"200", "400", "404", "409", "429", "503"} <= set(checkout_responses)
     assert {"200", "404", "410"} <= set(paths["/purchase"]["post"]["responses"])
+
+
+async def test_the_openapi_document_is_served_as_json_and_no_page_loads_a_cdn(
+    client: Client,
+) -> None:
+    document = await client.get("/schema/openapi.json")
+    assert document.status_code == 200
+    assert document.json()["paths"]["/checkout"]["post"]
+    assert (await client.get("/schema")).json() == document.json()
+    for viewer in ("/swagger", "/redoc", "/elements", "/rapidoc", "/scalar", "/x.json"):
+        assert_error(await client.get("/schema" + viewer), 404, "not_found")

@@ -31,6 +31,14 @@ def test_values_are_read_from_the_environment() -> None:
     assert (s.port, s.sale_size) == (9000, 5)
 
 
+def test_switches_take_1_0_true_false() -> None:
+    on = {"NOTSALE_METRICS": "1", "NOTSALE_ACCESS_LOG": "TRUE", "NOTSALE_LOG_FORMAT": "text"}
+    s = Settings.from_env(on)
+    assert (s.metrics, s.access_log, s.log_format) == (True, True, "text")
+    s = Settings.from_env({"NOTSALE_METRICS": "false", "NOTSALE_ACCESS_LOG": "0"})
+    assert (s.metrics, s.access_log, s.log_format) == (False, False, "auto")
+
+
 @pytest.mark.parametrize(
     "env",
     [
@@ -46,6 +54,9 @@ def test_values_are_read_from_the_environment() -> None:
         {"NOTSALE_REDIS_URL": "redis://127.0.0.1:99999/0"},
         {"NOTSALE_REDIS_URL": "redis://:6379/0"},
         {"NOTSALE_DATABASE_URL": "postgresql://postgres@127.0.0.1:port/x"},
+        {"NOTSALE_METRICS": "yes"},
+        {"NOTSALE_ACCESS_LOG": "2"},
+        {"NOTSALE_LOG_FORMAT": "xml"},
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str]) -> None:

@@ -32,6 +32,7 @@ async def record_refused(
     await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
 
 
+CHECKOUT_ROUTE = "/checkout"
 CHECKOUT_DOC = HotRouteDoc(
     tag="sale",
     summary="Hold an item for the user",
@@ -51,7 +52,7 @@ CHECKOUT_DOC = HotRouteDoc(
 
 
 class CheckoutController(Controller):
-    path = "/checkout"
+    path = CHECKOUT_ROUTE
 
     # An `asgi` handler, the hot path (see notsale.api.raw): it reads the query raw, so that
     # even a malformed request reaches it and is logged as an attempt.
@@ -75,7 +76,7 @@ class CheckoutController(Controller):
             await record_refused(services, scope, request_id, exc, user, str(item_id))
             raise
         if decision.outcome is not None:
-            await send_refusal(send, decision.outcome)
+            await send_refusal(send, CHECKOUT_ROUTE, decision.outcome)
             return
         body = CheckoutBody(
             code=decision.code,
@@ -85,4 +86,4 @@ class CheckoutController(Controller):
             image_url=image_url(decision.sale_id, item_id),
             expires_at=rfc3339(decision.expires_ms),
         )
-        await send_body(send, body)
+        await send_body(send, CHECKOUT_ROUTE, body)

@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.openapi import ResponseSpec
 
+from notsale import metrics
 from notsale.api.models import ErrorBody
 from notsale.engine.client import REDIS_DOWN
 from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode, NotsaleError
@@ -25,7 +26,10 @@ def error_response(code: ErrorCode, detail: str | None = None) -> Response[Any]:
     )
 
 
-def on_notsale_error(_: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
+def on_notsale_error(request: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
+    route = request.scope.get("path_template", "")
+    if route in metrics.OUTCOME_ROUTES:
+        metrics.outcome(route, exc.code)
     return error_response(exc.code, exc.detail)
 
 

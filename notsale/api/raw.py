@@ -17,6 +17,7 @@ from litestar.datastructures import MultiDict
 from litestar.exceptions import MethodNotAllowedException
 from litestar.types import HTTPScope, Scope, Send
 
+from notsale import metrics
 from notsale.api.models import Body, ErrorBody
 from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode
 
@@ -46,9 +47,12 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_body(send: Send, body: Body) -> None:
+async def send_body(send: Send, route: str, body: Body) -> None:
+    metrics.outcome(route, "ok")
     await send_json(send, 200, ENCODER.encode(body))
 
 
-async def send_refusal(send: Send, code: ErrorCode) -> None:
+async def send_refusal(send: Send, route: str, code: ErrorCode) -> None:
+    """A refusal the handler decided; the raised ones are counted by api.errors."""
+    metrics.outcome(route, code)
     await send_json(send, STATUS[code], REFUSALS[code])

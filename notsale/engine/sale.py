@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import coredis
 import msgspec
 
+from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.batch import Batcher
 from notsale.engine.client import REDIS_DOWN, server_id
@@ -111,7 +113,10 @@ class SaleEngine:
             self._registered.add(sale_id)
         head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000]
         head += [s.user_limit, KEEP_AFTER_SALE_MS, s.outbox_max, server]
-        return await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
+        started = time.perf_counter()
+        replies = await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
+        metrics.batch(len(replies), time.perf_counter() - started)
+        return replies
 
     async def checkout(
         self, user_id: str, item_id: int, request_id: str | None = None
@@ -164,6 +169,15 @@ class SaleEngine:
         """(sold, held) of a sale."""
         sold, held = await self._stats_of(sale_id, "")
         return int(sold), int(held)
+
+    async def backlogs(self) -> dict[int, int]:
+        """Entries waiting in each registered sale's outbox (written entries are deleted)."""
+        try:
+            members = await self.redis.smembers(OUTBOX_REGISTRY)
+            sales = sorted(int(m) for m in members if m.isdigit())
+            return {s: await self.redis.xlen(sale_keys(s).outbox) for s in sales}
+        except REDIS_DOWN as exc:
+            raise Unavailable(Store.REDIS) from exc
 
     async def item_status(self, sale_id: int, item_id: int) -> str:
         return str((await self._stats_of(sale_id, item_id))[0])

@@ -28,7 +28,7 @@ import coredis
 import msgspec
 from coredis.response.types import StreamPendingExt
 
-from notsale import outbox
+from notsale import metrics, outbox
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import current_sale, now_ms
@@ -231,7 +231,12 @@ class Flusher:
                     extra={"count": len(rejects), "first": rejects[0].error},
                 )
         await self._acknowledge(done)
-        return sum(len(ids) for ids in done.values())
+        # Stream ids start with the Redis time of the entry, in ms.
+        oldest = min(int(i.split("-", 1)[0]) for ids in done.values() for i in ids)
+        entries = sum(len(ids) for ids in done.values())
+        metrics.FLUSH_ENTRIES.observe(entries)
+        metrics.FLUSH_LAG.observe(max(0, now_ms() - oldest) / 1000)
+        return entries
 
     async def _acknowledge(self, done: dict[str, list[str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -18,6 +18,7 @@ import asyncpg
 import coredis
 import msgspec
 
+from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import sale_window
@@ -142,6 +143,7 @@ class Reconciler:
             args: list[int | str] = [expires, server if last else ""]
             args += [w for op in chunk for w in op]
             restored += int(await self._script(keys=sale_keys(sale_id), args=args))
+        metrics.REBUILDS.inc()
         return restored
 
     async def differences(self, sale_id: int) -> list[Difference]:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import msgspec
 
+from notsale import metrics
 from notsale.errors import ErrorCode
 
 INT64_MAX = 2**63 - 1
@@ -183,6 +184,7 @@ ON CONFLICT DO NOTHING
 async def write_rejects(conn: asyncpg.Connection, rejects: Sequence[RejectRow]) -> None:
     rows = [(r.stream, r.entry_id, storable(r.payload), storable(r.error)) for r in rejects]
     await conn.executemany(INSERT_REJECTS, rows)
+    metrics.REJECTS.inc(len(rows))
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -203,6 +205,8 @@ async def write_rows(
         skipped = {p.code for p in purchases}  # checked below, all of them
     else:
         skipped = await insert_rows(conn, attempts, purchases, user_limit, timeout)
+    metrics.ATTEMPT_ROWS.inc(len(attempts))
+    metrics.PURCHASE_ROWS.inc(len(purchases) - len(skipped))
     if not skipped:
         return {}
     candidates = [p for p in purchases if p.code in skipped]

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from notsale import metrics
 from notsale.errors import NotsaleError, Store, Unavailable
 from notsale.store.pool import QUERY_TIMEOUT_S
 from notsale.store.rows import AttemptRow, PurchaseRow, Refused, write_groups
@@ -68,7 +69,11 @@ class GroupCommit:
     async def write_purchase(self, row: PurchaseRow) -> None:
         """Returns once the row is committed. PostgreSQL refuses a purchase whose item it has
         stored under another code (409) or that would take its user past the limit (429)."""
-        refused = (await self._submit(None, row)).get(row.code)
+        metrics.WAITING.inc()
+        try:
+            refused = (await self._submit(None, row)).get(row.code)
+        finally:
+            metrics.WAITING.dec()
         if refused is not None:
             log.error(
                 "purchase refused by PostgreSQL: Redis is out of step with it",

@@ -1,0 +1,41 @@
+"""GET /metrics: Prometheus text, every worker's values added up (see notsale.metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Controller, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
+
+from notsale import metrics
+from notsale.api.health import PROBE_TIMEOUT_S
+from notsale.engine.client import REDIS_DOWN
+from notsale.engine.clock import current_sale
+from notsale.errors import NotsaleError
+from notsale.services import Services, ServicesDep
+
+
+async def from_redis(services: Services) -> list[GaugeMetricFamily]:
+    """The running sale's counts and the outboxes' backlogs, read now."""
+    s = services.settings
+    sale_id = current_sale(s.sale_seconds)
+    sold, held = await services.engine.counts(sale_id)
+    backlogs = await services.engine.backlogs()
+    remaining = max(0, s.sale_size - sold - held)
+    return metrics.sale_families(sale_id, sold, held, remaining, backlogs)
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ("ops",)
+
+    @get(summary="Prometheus metrics of all workers", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, services: ServicesDep) -> Response[bytes]:
+        # Metrics matter most when a store is down: without Redis, the rest is still served.
+        try:
+            scraped = await asyncio.wait_for(from_redis(services), PROBE_TIMEOUT_S)
+            scraped.append(metrics.redis_up(True))
+        except (NotsaleError, TimeoutError, *REDIS_DOWN):
+            scraped = [metrics.redis_up(False)]
+        return Response(metrics.exposition(scraped), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,198 @@
+"""Prometheus metrics, added up over every granian worker.
+
+`notsale serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers
+start (and removes it at exit): prometheus_client then keeps each process' values in
+memory-mapped files there, and GET /metrics, answered by any one worker, adds them up.
+Without it (the app served in one process, as in tests) the values are that process' own.
+
+Recording costs about a microsecond per value: per request a status count and a latency,
+per checkout or purchase its outcome; the rest is per Redis batch, per flush or per commit.
+What Redis knows (the running sale's counts, each outbox's backlog) is read at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+# The routes whose answers are counted by outcome too (ok, or the error code).
+OUTCOME_ROUTES = ("/checkout", "/purchase")
+# A request that matched no route (its status is 404).
+UNMATCHED = "unmatched"
+SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+REQUESTS = Counter("notsale_requests", "HTTP requests answered", ["route", "status"])
+LATENCY = Histogram(
+    "notsale_request_duration_seconds", "Time to answer a request", ["route"], buckets=SECONDS
+)
+OUTCOMES = Counter(
+    "notsale_outcomes",
+    "Checkout and purchase answers, by error code (ok: none)",
+    ["route", "outcome"],
+)
+BATCH_OPS = Histogram("notsale_redis_batch_ops", "Operations per sale.lua run", buckets=SIZES)
+SCRIPT_SECONDS = Histogram(
+    "notsale_redis_script_seconds", "Round trip of one sale.lua run", buckets=SECONDS
+)
+FLUSH_ENTRIES = Histogram(
+    "notsale_flush_batch_entries", "Outbox entries per flushed batch", buckets=SIZES
+)
+FLUSH_LAG = Histogram(
+    "notsale_flush_lag_seconds",
+    "Age of a flushed batch's oldest entry when it was committed",
+    buckets=SECONDS,
+)
+ROWS = Counter("notsale_rows_written", "Rows committed to PostgreSQL (repeats included)", ["table"])
+ATTEMPT_ROWS = ROWS.labels("checkout_attempts")
+PURCHASE_ROWS = ROWS.labels("purchases")
+WAITING = Gauge(
+    "notsale_purchases_waiting",
+    "Purchases decided in Redis and waiting for their PostgreSQL commit",
+    multiprocess_mode="livesum",
+)
+REBUILDS = Counter("notsale_rebuilds", "Sales rebuilt in Redis from PostgreSQL")
+REJECTS = Counter("notsale_outbox_rejects", "Outbox entries set aside in outbox_rejects")
+
+# Off (NOTSALE_METRICS=0): the per-request and per-batch recording is skipped.
+enabled = True
+
+# Bound label children, looked up once: labels() costs as much again as the increment.
+_requests: dict[tuple[str, int], Any] = {}
+_latency: dict[str, Any] = {}
+_outcomes: dict[tuple[str, str], Any] = {}
+
+
+def outcome(route: str, code: str) -> None:
+    if not enabled:
+        return
+    child = _outcomes.get((route, code))
+    if child is None:
+        child = _outcomes[route, code] = OUTCOMES.labels(route, code)
+    child.inc()
+
+
+def batch(ops: int, seconds: float) -> None:
+    if enabled:
+        BATCH_OPS.observe(ops)
+        SCRIPT_SECONDS.observe(seconds)
+
+
+def _answered(route: str, status: int, seconds: float) -> None:
+    child = _requests.get((route, status))
+    if child is None:
+        child = _requests[route, status] = REQUESTS.labels(route, str(status))
+    child.inc()
+    timer = _latency.get(route)
+    if timer is None:
+        timer = _latency[route] = LATENCY.labels(route)
+    timer.observe(seconds)
+
+
+def metered(app: ASGIApp) -> ASGIApp:
+    """`app` (Litestar's router with its exception handling), counting and timing every
+    request by route template and status."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500  # the app failed before answering
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_noting_status)
+        finally:
+            route = scope.get("path_template") or UNMATCHED
+            _answered(route, status, time.perf_counter() - started)
+
+    return handle
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died (granian replaced them); their counters
+    stay, as counters must."""
+    if MULTIPROCESS_DIR is None:
+        return
+    for path in Path(MULTIPROCESS_DIR).glob("gauge_live*_*.db"):
+        pid = int(re.sub(r"\D", "", path.stem.rsplit("_", 1)[1]) or 0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass
+
+
+class _Scraped(Collector):
+    """Gauges read at scrape time, from outside this process' values."""
+
+    def __init__(self, families: Iterable[GaugeMetricFamily]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._families
+
+
+def sale_families(
+    sale_id: int, sold: int, held: int, remaining: int, backlog: dict[int, int]
+) -> list[GaugeMetricFamily]:
+    families = []
+    for name, value, text in (
+        ("sold", sold, "Items sold in the running sale"),
+        ("held", held, "Items held (checked out, not bought) in the running sale"),
+        ("remaining", remaining, "Items neither sold nor held in the running sale"),
+    ):
+        family = GaugeMetricFamily(f"notsale_sale_{name}", text, labels=["sale_id"])
+        family.add_metric([str(sale_id)], value)
+        families.append(family)
+    family = GaugeMetricFamily(
+        "notsale_outbox_backlog",
+        "Decisions in a sale's outbox not yet written to PostgreSQL",
+        labels=["sale_id"],
+    )
+    for sale, entries in sorted(backlog.items()):
+        family.add_metric([str(sale)], entries)
+    families.append(family)
+    return families
+
+
+def redis_up(up: bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "notsale_redis_up", "Whether this scrape could read the sale from Redis", value=int(up)
+    )
+
+
+def exposition(scraped: Iterable[GaugeMetricFamily]) -> bytes:
+    """Every worker's values and the scraped gauges, in Prometheus' text format."""
+    if MULTIPROCESS_DIR is None:
+        registry: CollectorRegistry = REGISTRY
+        extra = CollectorRegistry()
+        extra.register(_Scraped(scraped))
+        return generate_latest(registry) + generate_latest(extra)
+    forget_dead_workers()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_Scraped(scraped))
+    return generate_latest(registry)
