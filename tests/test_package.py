@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import yaml
 
 from notsale.store.migrations import with_path
 from tests.conftest import BASE, REPO, Stores, free_port, log_tail, spawn_server, wait_for
@@ -30,23 +33,54 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+def dockerfile_pip_commands() -> list[list[str]]:
+    """The image's `python -m pip …` commands, in order, as argument lists."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    runs = [line.removeprefix("RUN ") for line in text.splitlines() if line.startswith("RUN ")]
+    steps = [shlex.split(step) for run in runs for step in run.split("&&")]
+    return [step for step in steps if step[:3] == ["python", "-m", "pip"]]
+
+
+def test_the_image_is_slim_unprivileged_checked_and_serves() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", text, re.M)
+    assert ("python:${PYTHON_VERSION}-slim", "serve") in stages
+    version = re.search(r"^ARG PYTHON_VERSION=3\.(\d+)$", text, re.M)
+    assert version and int(version[1]) >= 12
+    serve = text[text.index(" AS serve") : text.index(" AS load")]
+    assert "USER notsale" in serve and "useradd --system" in serve
+    assert re.search(r"^HEALTHCHECK .*\n?.*/health", serve, re.M)
+    assert 'ENTRYPOINT ["notsale"]' in serve and 'CMD ["serve"]' in serve
+    assert "NOTSALE_HOST=0.0.0.0" in serve
+    assert "gcc" not in text and "build-essential" not in text
+
+
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 60)
 async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
     tmp_path: Path, stores: Stores
 ) -> None:
-    # Built from a copy: a build leaves build/ and *.egg-info in the tree it builds.
+    """The Dockerfile's own pip commands: the wheel built from a copy of the source (a build
+    leaves build/ and *.egg-info in the tree it builds), then installed with the lock into
+    a fresh venv."""
     ignored = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
     source = await asyncio.to_thread(shutil.copytree, REPO, tmp_path / "source", ignore=ignored)
-    await asyncio.to_thread(
-        run, sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", "wheels",
-        str(source), cwd=tmp_path,
-    )  # fmt: skip
-    [wheel] = (tmp_path / "wheels").glob("notsale-*.whl")
+    build, install = dockerfile_pip_commands()[:2]
+    wheels = tmp_path / "wheels"
+    build = [str(wheels) if word == "/wheels" else word for word in build]
+    await asyncio.to_thread(run, sys.executable, *build[1:], cwd=source)
+    [wheel] = wheels.glob("notsale-*.whl")
     venv = tmp_path / "venv"
     await asyncio.to_thread(run, sys.executable, "-m", "venv", str(venv), cwd=tmp_path)
-    await asyncio.to_thread(
-        run, str(venv / "bin" / "pip"), "install", "-q", str(wheel), cwd=tmp_path
-    )
+    paths = {
+        "/wheels/requirements.lock": str(source / "requirements.lock"),
+        "/wheels/notsale-*.whl": str(wheel),
+    }
+    install = [paths.get(word, word) for word in install]
+    await asyncio.to_thread(run, str(venv / "bin" / "python"), *install[1:], cwd=tmp_path)
+    # The lock pins every package the install took, at the version it took.
+    frozen = run(str(venv / "bin" / "pip"), "freeze", "--exclude", "notsale", cwd=tmp_path)
+    locked = (REPO / "requirements.lock").read_text().splitlines()
+    assert set(frozen.splitlines()) <= set(locked)
     where = run(str(venv / "bin" / "python"), "-c", "import notsale; print(notsale.__file__)",
                 cwd=tmp_path)  # fmt: skip
     assert where.startswith(str(venv)), where  # the installed package, not the checkout
@@ -95,3 +129,28 @@ async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+def test_the_compose_file_is_valid_and_runs_what_it_says(tmp_path: Path) -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose not installed (scripts/test installs Debian's)")
+    for name in ("docker-compose.yml", "Dockerfile"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")  # as the README says to
+    rendered = run("docker-compose", "--profile", "load", "config", cwd=tmp_path)
+    services = yaml.safe_load(rendered)["services"]
+    assert set(services) == {"redis", "postgres", "notsale", "locust"}
+    redis = " ".join(services["redis"]["command"])
+    assert "--appendonly yes --appendfsync everysec" in redis
+    assert "--maxmemory-policy noeviction" in redis
+    for store in ("redis", "postgres"):
+        assert services[store]["healthcheck"]["test"]
+        assert services[store]["volumes"]
+        assert services["notsale"]["depends_on"][store] == {"condition": "service_healthy"}
+    notsale = services["notsale"]["environment"]
+    assert notsale["NOTSALE_REDIS_URL"] == "redis://redis:6379/0"
+    assert notsale["NOTSALE_DATABASE_URL"].endswith("@postgres:5432/notsale")
+    assert notsale["NOTSALE_USER_LIMIT"] == "10"  # from .env
+    assert services["locust"]["profiles"] == ["load"]
+    assert services["locust"]["build"]["target"] == "load"
+    assert "profiles" not in services["notsale"]
