@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +38,17 @@ WRK = REPO / "bench" / "wrk"
 PORT = 8099
 BENCH_REDIS_DB = 15  # the Redis DB index benchmarks flush and use
 CONNECTIONS = 64
+# Open buyers' pages polling during the VIEWED run, each as notsale/web/index.html does.
+VIEWERS = 50
+VIEW_POLL_S = 2.0
+VIEW_PAGE = 60
 WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 WRK_COUNT = re.compile(r"(\d+) requests in")
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 CHECKOUT = "checkout (stampede, random items)"
 NO_METRICS = "checkout, NOTSALE_METRICS=0"
+VIEWED = f"checkout, {VIEWERS} buyers' pages open"
 # (label, wrk script, script arguments, extra settings) of the notsale runs.
 MODES: tuple[tuple[str, str, tuple[str, ...], dict[str, str]], ...] = (
     (CHECKOUT, "checkout.lua", (), {}),
@@ -50,6 +56,8 @@ MODES: tuple[tuple[str, str, tuple[str, ...], dict[str, str]], ...] = (
     ("mix (checkout, then purchase on 200)", "mix.lua", (), {}),
     # What recording metrics costs the hot path: the same run with them off.
     (NO_METRICS, "checkout.lua", (), {"NOTSALE_METRICS": "0"}),
+    # What the buyers' page costs the hot path: the same run while pages poll.
+    (VIEWED, "checkout.lua", (), {}),
 )
 
 
@@ -114,6 +122,32 @@ def worker_rss_mb(server: subprocess.Popen[bytes]) -> float:
     ).stdout.split()
     rss = [int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 for pid in pids]
     return max(rss) / 2**20 if rss else 0.0
+
+
+@contextmanager
+def viewers(url: str, count: int) -> Iterator[list[int]]:
+    """`count` buyers' pages open meanwhile: each polls the open sales and its grid page
+    every VIEW_POLL_S. Yields the list their answers' statuses are counted in."""
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def page() -> None:
+        with httpx.Client(base_url=url, timeout=5) as http:
+            while not stop.wait(VIEW_POLL_S):
+                sales = http.get("/sales")
+                sale = sales.json()["sales"][0]["sale_id"]
+                grid = http.get(f"/sales/{sale}/items", params={"count": VIEW_PAGE})
+                answered.extend((sales.status_code, grid.status_code))
+
+    threads = [threading.Thread(target=page, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def wrk(url: str, seconds: int, script: str | None = None, *args: str) -> dict[str, float]:
@@ -228,10 +262,18 @@ def main() -> int:
         with running([*granian, "bench.hello:app"], dict(os.environ), url):
             return wrk(url, opts.seconds)
 
-    def notsale_run(script: str, args: tuple[str, ...], extra: dict[str, str]) -> dict[str, float]:
+    def notsale_run(
+        label: str, script: str, args: tuple[str, ...], extra: dict[str, str]
+    ) -> dict[str, float]:
         env = {**notsale_env(), **extra}
         with running(serve, env, url + "/health") as server:
-            got = wrk(url, opts.seconds, script, *args)
+            if label == VIEWED:
+                with viewers(url, VIEWERS) as answered:
+                    got = wrk(url, opts.seconds, script, *args)
+                if set(answered) != {200}:
+                    raise SystemExit(f"a buyers' page was answered {sorted(set(answered))}")
+            else:
+                got = wrk(url, opts.seconds, script, *args)
             got["rss"] = worker_rss_mb(server)
             # Only the checkout-only run knows how many attempts it made (wrk's count).
             if script == "checkout.lua":
@@ -244,7 +286,7 @@ def main() -> int:
     for _ in range(opts.repeat):
         runs.setdefault("hello-world (bare ASGI)", []).append(hello_run())
         for label, script, args, extra in MODES:
-            runs.setdefault(label, []).append(notsale_run(script, args, extra))
+            runs.setdefault(label, []).append(notsale_run(label, script, args, extra))
     hello_rps = median(r["rps"] for r in runs["hello-world (bare ASGI)"])
     rows = [
         (
@@ -273,9 +315,10 @@ def main() -> int:
         print("| " + " | ".join(row) + " |")
     with_metrics = median(r["rps"] for r in runs[CHECKOUT])
     without = median(r["rps"] for r in runs[NO_METRICS])
-    print(
-        f"\nmetrics cost: checkout throughput with metrics / without = {with_metrics / without:.3f}"
-    )
+    viewed = median(r["rps"] for r in runs[VIEWED])
+    print(f"\nmetrics cost: checkout req/s with metrics / without = {with_metrics / without:.3f}")
+    page_cost = viewed / with_metrics
+    print(f"page cost: checkout req/s with {VIEWERS} pages open / none = {page_cost:.3f}")
 
     if not opts.skip_locust:
         locust = [

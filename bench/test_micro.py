@@ -29,7 +29,7 @@ def checkout_ops(runner: Runner, n: int) -> list[Any]:
     ops: list[Any] = []
     for _ in range(n):
         i = next(COUNTER)
-        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale)]
+        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale), "0"]
     return ops
 
 
@@ -50,9 +50,7 @@ def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner
     """The alternative to one script run per batch: one pipeline of one-op runs."""
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))
-    s = runner.settings
-    head = [sale, s.sale_seconds * 1000, s.hold_seconds * 1000, s.user_limit, 3_600_000]
-    head += [s.outbox_max, runner.engine.server]
+    head = runner.engine.head(sale, str(runner.engine.server))
 
     async def pipelined() -> None:
         async with runner.redis.pipeline(transaction=False) as pipe:
@@ -123,3 +121,11 @@ def test_metrics_recorded_per_checkout(benchmark: Any) -> None:
             coroutine.send(None)  # nothing in it waits: it runs to its end here
 
     benchmark(one)
+
+
+def test_read_a_grid_page_of_60_items(benchmark: Any, runner: Runner) -> None:
+    """What one page of the buyers' grid costs Redis: one stats.lua run for 60 statuses."""
+    sale = current_sale(runner.settings.sale_seconds)
+    runner.run(runner.engine.checkout("warmup", 1))
+    assert runner.run(runner.engine.read(sale, 1, 60)) is not None
+    benchmark(lambda: runner.run(runner.engine.read(sale, 1, 60)))

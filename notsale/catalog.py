@@ -94,6 +94,8 @@ PRODUCTS = _words("""
 # of the current sale, so they stay cached; an ended sale's reads evict only the coldest.
 NAME_CACHE_SIZE = 16_384
 
+# Part of each picture's ETag: raise it whenever item_svg draws differently.
+PICTURE_VERSION = 1
 PICTURE_SIZE = 256  # the SVG viewBox side, in user units
 LABEL_TOP = 196  # the picture above, the two-line name below
 INK = "#222"  # label text and shape outlines: readable on every pale background

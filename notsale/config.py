@@ -17,6 +17,7 @@ SCRIPT_VARIABLES = frozenset({"NOTSALE_VENV", "NOTSALE_SERVICES_DIR", "NOTSALE_S
 SALE_SIZE_MAX = 2**31 - 1
 DIGITS = re.compile(r"[0-9]{1,18}")
 BOOLEANS = ("1", "0", "true", "false")
+OPEN_SALES_MAX = 1000
 URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
     "database_url": ("postgresql", "postgres"),
@@ -37,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sale_size: int = 10_000
     user_limit: int = 10
     hold_seconds: int = 60
+    # A sale stays open, after the next one started, until sold out or this long after its
+    # own start; GET /sales lists at most OPEN_SALES_MAX of them, hence the bound below.
+    sale_open_seconds: int = 604_800
     # Entries a sale's outbox may hold (decisions PostgreSQL has not taken yet, ~200 bytes
     # each) before checkouts are refused with 503: while PostgreSQL is down, Redis fills up
     # to about this, not to its maxmemory.
@@ -56,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "sale_size",
             "user_limit",
             "hold_seconds",
+            "sale_open_seconds",
             "outbox_max",
         ):
             if getattr(self, name) < 1:
@@ -64,6 +69,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")
         if self.sale_size > SALE_SIZE_MAX:
             raise SettingsError(f"{ENV_PREFIX}SALE_SIZE must be at most {SALE_SIZE_MAX}")
+        if self.sale_open_seconds > OPEN_SALES_MAX * self.sale_seconds:
+            raise SettingsError(
+                f"{ENV_PREFIX}SALE_OPEN_SECONDS may be at most {OPEN_SALES_MAX} times"
+                f" {ENV_PREFIX}SALE_SECONDS ({OPEN_SALES_MAX} sales open at once), not"
+                f" {self.sale_open_seconds} with sales of {self.sale_seconds} s"
+            )
         for name, schemes in URL_SCHEMES.items():
             check_url(f"{ENV_PREFIX}{name.upper()}", getattr(self, name), schemes)
 

@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     ITEM_HELD = "item_held"
     CODE_EXPIRED = "code_expired"
     USER_LIMIT = "user_limit"
+    SALE_CLOSED = "sale_closed"
     UNAVAILABLE = "unavailable"
 
 
@@ -28,6 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.ITEM_HELD: 409,
     ErrorCode.CODE_EXPIRED: 410,
     ErrorCode.USER_LIMIT: 429,
+    ErrorCode.SALE_CLOSED: 410,
     ErrorCode.UNAVAILABLE: 503,
 }
 
@@ -39,8 +41,9 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.CODE_NOT_FOUND: "This purchase code is unknown.",
     ErrorCode.ITEM_SOLD: "This item is already sold.",
     ErrorCode.ITEM_HELD: "Another user holds this item right now; try again later.",
-    ErrorCode.CODE_EXPIRED: "The hold behind this code expired or its sale ended.",
+    ErrorCode.CODE_EXPIRED: "The hold behind this code expired or its sale closed.",
     ErrorCode.USER_LIMIT: "You already hold or bought as many items as one user may in this sale.",
+    ErrorCode.SALE_CLOSED: "That sale has closed: it sold out, or its open time is over.",
     ErrorCode.UNAVAILABLE: (
         "A backing store cannot be reached or refused to write; the outcome is unknown. Retry:"
         " a purchase with the same code is safe to retry, and a checkout retried gets the same"

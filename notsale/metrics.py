@@ -5,13 +5,17 @@ start (and removes it at exit): prometheus_client then keeps each process' value
 memory-mapped files there, and GET /metrics, answered by any one worker, adds them up.
 Without it (the app served in one process, as in tests) the values are that process' own.
 
-Recording costs about a microsecond per value: per request a status count and a latency,
-per checkout or purchase its outcome; the rest is per Redis batch, per flush or per commit.
-What Redis knows (the running sale's counts, each outbox's backlog) is read at scrape time.
+Per request (a status count, a latency, a checkout's or purchase's outcome) and per Redis
+batch, values are added up in the worker and handed to prometheus_client every HAND_OVER_S:
+its memory-mapped writes cost about a microsecond each, too much for every request. The
+rest (flushes, commits, rebuilds) is recorded as it happens. What Redis knows (the running
+sale's counts, each outbox's backlog) is read at scrape time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 import re
 import time
@@ -74,11 +78,52 @@ REJECTS = Counter("notsale_outbox_rejects", "Outbox entries set aside in outbox_
 
 # Off (NOTSALE_METRICS=0): the per-request and per-batch recording is skipped.
 enabled = True
+# Per-request and per-batch values are added up in plain dicts and handed to prometheus_client
+# (a lock and a memory-mapped write per value) this often, and before each scrape.
+HAND_OVER_S = 0.5
 
 # Bound label children, looked up once: labels() costs as much again as the increment.
 _requests: dict[tuple[str, int], Any] = {}
 _latency: dict[str, Any] = {}
 _outcomes: dict[tuple[str, str], Any] = {}
+# What this process counted and observed since its last hand-over, by label child.
+_counted: dict[Any, int] = {}
+_observed: dict[Any, list[float]] = {}  # a count per bucket, then the sum
+
+
+def _count(child: Any) -> None:
+    _counted[child] = _counted.get(child, 0) + 1
+
+
+def _observe(histogram: Any, value: float) -> None:
+    slots = _observed.get(histogram)
+    if slots is None:
+        slots = _observed[histogram] = [0.0] * (len(histogram._upper_bounds) + 1)
+    slots[bisect.bisect_left(histogram._upper_bounds, value)] += 1
+    slots[-1] += value
+
+
+def hand_over() -> None:
+    """Add what this process recorded to prometheus_client's values. Histograms are filled
+    through their buckets and sum, as their observe() does one value at a time."""
+    for child, count in _counted.items():
+        child.inc(count)
+    for histogram, slots in _observed.items():
+        for bucket, observations in zip(histogram._buckets, slots, strict=False):
+            if observations:
+                bucket.inc(observations)
+        histogram._sum.inc(slots[-1])
+    _counted.clear()
+    _observed.clear()
+
+
+async def hand_over_every(seconds: float = HAND_OVER_S) -> None:
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            hand_over()
+    finally:
+        hand_over()  # what the last moments recorded too
 
 
 def outcome(route: str, code: str) -> None:
@@ -87,24 +132,24 @@ def outcome(route: str, code: str) -> None:
     child = _outcomes.get((route, code))
     if child is None:
         child = _outcomes[route, code] = OUTCOMES.labels(route, code)
-    child.inc()
+    _count(child)
 
 
 def batch(ops: int, seconds: float) -> None:
     if enabled:
-        BATCH_OPS.observe(ops)
-        SCRIPT_SECONDS.observe(seconds)
+        _observe(BATCH_OPS, ops)
+        _observe(SCRIPT_SECONDS, seconds)
 
 
 def _answered(route: str, status: int, seconds: float) -> None:
     child = _requests.get((route, status))
     if child is None:
         child = _requests[route, status] = REQUESTS.labels(route, str(status))
-    child.inc()
+    _count(child)
     timer = _latency.get(route)
     if timer is None:
         timer = _latency[route] = LATENCY.labels(route)
-    timer.observe(seconds)
+    _observe(timer, seconds)
 
 
 def metered(app: ASGIApp) -> ASGIApp:
@@ -186,6 +231,7 @@ def redis_up(up: bool) -> GaugeMetricFamily:
 
 def exposition(scraped: Iterable[GaugeMetricFamily]) -> bytes:
     """Every worker's values and the scraped gauges, in Prometheus' text format."""
+    hand_over()
     if MULTIPROCESS_DIR is None:
         registry: CollectorRegistry = REGISTRY
         extra = CollectorRegistry()

@@ -38,6 +38,9 @@ class OutboxEvent(msgspec.Struct, array_like=True, frozen=True):
     time_ms: str
     seq: int  # a purchase's place among its user's purchases in the sale (1..limit); else 0
     query: str | None = None  # the raw query string of a malformed request
+    # The sale the attempt named, when it is not the stream's: a checkout naming a sale that
+    # closed long ago is logged in the running sale's outbox (the old one's may be gone).
+    sale: int | None = None
 
 
 ENCODER = msgspec.json.Encoder()
@@ -51,7 +54,7 @@ def attempt_row(sale_id: int, event: OutboxEvent, entry_id: str = "") -> Attempt
     query = None if event.query is None else storable(event.query)
     return AttemptRow(
         event.request or f"{sale_id}:{entry_id}",
-        sale_id,
+        sale_id if event.sale is None else event.sale,
         storable(event.user),
         int_or_none(event.item),
         event.code or None,
@@ -73,7 +76,12 @@ def rows(
 
 
 def refused_event(
-    request_id: str, outcome: ErrorCode, user_raw: str, item_raw: str, query: str
+    request_id: str,
+    outcome: ErrorCode,
+    user_raw: str,
+    item_raw: str,
+    query: str,
+    sale_id: int | None = None,
 ) -> OutboxEvent:
     """The entry of a checkout refused in Python, its raw values cut to bounded length."""
     return OutboxEvent(
@@ -86,6 +94,7 @@ def refused_event(
         str(now_ms()),
         0,
         query[:RAW_QUERY_CHARS],
+        sale_id,
     )
 
 

@@ -778,6 +778,7 @@ async def run_nemesis(
             port=free_port(),
             workers=workers,
             sale_seconds=sale_seconds,
+            sale_open_seconds=sale_seconds,  # the sale under test closes when the next starts
             sale_size=sale_size,
             user_limit=user_limit,
             hold_seconds=HOLD_SECONDS,

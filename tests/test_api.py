@@ -221,10 +221,10 @@ async def test_expired_holds_no_longer_count_against_the_user(
         assert (await checkout(client, "erin", 4)).status_code == 200
 
 
-async def test_sale_rollover_gives_fresh_stock_and_expires_old_codes(
+async def test_a_sale_closed_at_rollover_expires_its_codes_and_the_next_has_fresh_stock(
     make_settings: Callable[..., Settings], db: asyncpg.Connection
 ) -> None:
-    settings = make_settings(sale_seconds=2, sale_size=2, user_limit=2)
+    settings = make_settings(sale_seconds=2, sale_open_seconds=2, sale_size=2, user_limit=2)
     async with AsyncTestClient(app=create_app(settings)) as client:
         # Start just after a sale begins, so the whole test fits in two sales.
         await asyncio.sleep(2 - time.time() % 2 + 0.05)

@@ -22,14 +22,15 @@ async def test_scripts_reload_after_redis_forgets_them(
         assert (await engine.checkout("amy", 2)).outcome is None
 
 
-async def test_sale_keys_expire_after_their_sale_ends(
+async def test_sale_keys_expire_after_their_sale_closes(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     async with open_engine(settings) as engine:
         decision = await engine.checkout("amy", 1)
         await engine.checkout("bob", 2)  # a hold that stays, so every key of the sale exists
         await engine.purchase(decision.sale_id, decision.code)
-        expected_ms = sale_window(decision.sale_id, settings.sale_seconds).ends_ms
+        window = sale_window(decision.sale_id, settings.sale_seconds, settings.sale_open_seconds)
+        expected_ms = window.closes_ms
         expected_ms += KEEP_AFTER_SALE_MS
         for key in sale_keys(decision.sale_id)[:5]:
             ttl_ms = await engine.redis.pttl(key)

@@ -171,7 +171,7 @@ async def test_an_outbox_older_than_two_sales_is_drained_then_deleted(
     monkeypatch.setattr(flusher_module, "CLEANUP_EVERY_S", 0.2)
     servers = throwaway(postgres=True)
     await migrate(servers.database_url)
-    settings = make_settings(database_url=servers.database_url, sale_seconds=2)
+    settings = make_settings(database_url=servers.database_url, sale_seconds=2, sale_open_seconds=2)
     async with app_client(settings) as client, connect(settings.redis_url) as redis:
         first = current_sale(2)
         if time.time() % 2 > 1.2:  # not too close to a rollover

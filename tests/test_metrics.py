@@ -20,10 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
+from notsale.metrics import HAND_OVER_S
 from tests.conftest import free_port, wait_for
 from tests.test_api import Client, assert_error
 from tests.test_faults import workers_of
 
+# Workers hand their per-request values to prometheus_client every HAND_OVER_S.
+HANDED_OVER_S = 2 * HAND_OVER_S
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -91,12 +94,14 @@ async def test_counters_add_up_across_two_workers(
                 outcome = "ok" if answer.status_code == 200 else answer.json()["error"]
                 sent[outcome] += 1
                 statuses[answer.status_code] += 1
+            await asyncio.sleep(HANDED_OVER_S)
             if len([n for n in checkouts_by_pid(metrics_dir).values() if n]) == 2:
                 break
         assert len([n for n in checkouts_by_pid(metrics_dir).values() if n]) == 2
         bought = await asyncio.gather(*(http.post("/purchase", params={"code": c}) for c in codes))
         assert {b.status_code for b in bought} == {200}
         await http.get("/no-such-route")
+        await asyncio.sleep(HANDED_OVER_S)
 
         found = await scrape(http)
         checkouts = sum(sent.values())

@@ -10,8 +10,9 @@ from notsale.api import params
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
+from notsale.api.sales import closes_ms, started_sale
 from notsale.catalog import image_url, item_name
-from notsale.engine.clock import current_sale, rfc3339
+from notsale.engine.clock import current_sale, now_ms, rfc3339
 from notsale.errors import ErrorCode, NotsaleError, Unavailable
 from notsale.services import Services, services_of
 
@@ -23,10 +24,12 @@ async def record_refused(
     exc: NotsaleError,
     user_raw: str,
     item_raw: str,
+    named: int | None = None,
 ) -> None:
-    """The attempt row of a checkout that Redis did not decide (see outbox.record_refused)."""
+    """The attempt row of a checkout that Redis did not decide (see outbox.record_refused),
+    logged in the running sale's outbox; `named` is the sale it named, once known started."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
-    event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query)
+    event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query, named)
     failed = exc.store if isinstance(exc, Unavailable) else None
     sale_id = current_sale(services.settings.sale_seconds)
     await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
@@ -40,6 +43,7 @@ CHECKOUT_DOC = HotRouteDoc(
     parameters=(
         query("user_id", USER, "1-64 of [A-Za-z0-9_.:@-]"),
         query("id", INTEGER, "the item, 1..SIZE"),
+        query("sale_id", INTEGER, "an open sale (default: the running sale)", required=False),
     ),
     body=CheckoutBody,
     errors=(
@@ -47,6 +51,7 @@ CHECKOUT_DOC = HotRouteDoc(
         ErrorCode.ITEM_SOLD,
         ErrorCode.ITEM_HELD,
         ErrorCode.USER_LIMIT,
+        ErrorCode.SALE_CLOSED,
     ),
 )
 
@@ -62,18 +67,25 @@ class CheckoutController(Controller):
         services = services_of(scope)
         # Made here, once: it keys the attempt row, whichever store ends up holding it.
         request_id = services.engine.new_request_id()
+        named = None  # the sale the client named, once known to have started
         try:
             user = params.user_id(params.single(query, "user_id"))
             item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
+            if "sale_id" in query:
+                named = started_sale(params.single(query, "sale_id"), services)
+                # Closed on this worker's clock: refused here, its row logged in the running
+                # sale's outbox. Until then, sale.lua decides on Redis' clock.
+                if closes_ms(services, named) <= now_ms():
+                    raise NotsaleError(ErrorCode.SALE_CLOSED)
         except NotsaleError as exc:
             user_raw = ",".join(query.getall("user_id", []))
             item_raw = ",".join(query.getall("id", []))
-            await record_refused(services, scope, request_id, exc, user_raw, item_raw)
+            await record_refused(services, scope, request_id, exc, user_raw, item_raw, named)
             raise
         try:
-            decision = await services.engine.checkout(user, item_id, request_id)
+            decision = await services.engine.checkout(user, item_id, request_id, named)
         except NotsaleError as exc:
-            await record_refused(services, scope, request_id, exc, user, str(item_id))
+            await record_refused(services, scope, request_id, exc, user, str(item_id), named)
             raise
         if decision.outcome is not None:
             await send_refusal(send, CHECKOUT_ROUTE, decision.outcome)

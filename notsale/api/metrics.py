@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from notsale import metrics
 from notsale.api.health import PROBE_TIMEOUT_S
+from notsale.api.sales import counts
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import current_sale
 from notsale.errors import NotsaleError
@@ -20,7 +21,7 @@ async def from_redis(services: Services) -> list[GaugeMetricFamily]:
     """The running sale's counts and the outboxes' backlogs, read now."""
     s = services.settings
     sale_id = current_sale(s.sale_seconds)
-    sold, held = await services.engine.counts(sale_id)
+    sold, held = (await counts(services, [sale_id]))[sale_id]
     backlogs = await services.engine.backlogs()
     remaining = max(0, s.sale_size - sold - held)
     return metrics.sale_families(sale_id, sold, held, remaining, backlogs)

@@ -43,12 +43,25 @@ class SaleBody(Body, frozen=True):
     user_limit: int
 
 
+class OpenSaleBody(SaleBody, frozen=True):
+    closes_at: str  # unless it sells out before
+
+
+class SalesBody(Body, frozen=True):
+    sales: list[OpenSaleBody]
+
+
 class ItemBody(Body, frozen=True):
     sale_id: int
     item_id: int
     name: str
     image_url: str
     status: str
+
+
+class ItemsBody(Body, frozen=True):
+    sale_id: int
+    items: list[ItemBody]
 
 
 class PurchasesBody(Body, frozen=True):

@@ -41,8 +41,17 @@ INTEGER = Schema(
 )
 CODE = Schema(type=OpenAPIType.STRING, pattern=f"^{CODE_PATTERN.pattern}$", min_length=1)
 
+# Items in one page of GET /sales/{sale_id}/items at most.
+PAGE_MAX = 500
+PAGE_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=PAGE_MAX)
+
 # (path, method) -> {parameter: (schema, required)}
 RAW_PARAMETERS: dict[tuple[str, str], dict[str, tuple[Schema, bool]]] = {
+    ("/sales/{sale_id}/items", "get"): {
+        "sale_id": (INTEGER, True),
+        "from": (INTEGER, False),
+        "count": (PAGE_COUNT, False),
+    },
     ("/sales/{sale_id}/items/{item_id}", "get"): {
         "sale_id": (INTEGER, True),
         "item_id": (INTEGER, True),
@@ -70,10 +79,10 @@ class HotRouteDoc(NamedTuple):
     errors: tuple[ErrorCode, ...]  # besides invalid_request and unavailable
 
 
-def query(name: str, schema: Schema, description: str) -> Parameter:
-    """A required query parameter."""
+def query(name: str, schema: Schema, description: str, required: bool = True) -> Parameter:
+    """A query parameter (required unless said otherwise)."""
     return Parameter(
-        name=name, param_in="query", schema=schema, required=True, description=description
+        name=name, param_in="query", schema=schema, required=required, description=description
     )
 
 

@@ -41,8 +41,8 @@ def integer(raw: str, name: str) -> int:
     raise invalid(f"`{name}` must be a 64-bit integer.")
 
 
-def item_id(raw: str, sale_size: int) -> int:
-    value = integer(raw, "id")
+def item_id(raw: str, sale_size: int, name: str = "id") -> int:
+    value = integer(raw, name)
     if not 1 <= value <= sale_size:
         raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, f"Items are numbered 1 to {sale_size}.")
     return value

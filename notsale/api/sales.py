@@ -1,20 +1,35 @@
-"""GET /sales/…: the running sale's counters, an item's status, an item's picture."""
+"""GET /sales…: the open sales, a sale's counters, pages of items, an item and its picture.
+
+Reads never rebuild a sale. An open sale that Redis holds complete is read there, in one
+stats.lua call per answer (a whole grid page included); any other sale (closed, or not
+known to Redis: untouched since Redis restarted, say) is read from PostgreSQL, where every
+purchase is. Answers that poll (the open sales, item pages) are kept for READ_CACHE_S per
+worker: a page polling many times a second costs Redis once.
+"""
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
-from litestar.params import FromPath
+import asyncio
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.params import FromPath, Parameter, QueryParameter
 
 from notsale.api import params
 from notsale.api.errors import error_responses
-from notsale.api.models import ItemBody, SaleBody
-from notsale.catalog import image_url, item_name, item_svg
-from notsale.engine.clock import current_sale, rfc3339, sale_window
+from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
+from notsale.api.openapi import PAGE_MAX
+from notsale.catalog import PICTURE_VERSION, image_url, item_name, item_svg
+from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import Services, ServicesDep
 from notsale.store import queries
 
 ITEM_ERRORS = error_responses(ErrorCode.ITEM_NOT_FOUND)
+PAGE_DEFAULT = 100
+# Pictures never change for a given (sale, item, PICTURE_VERSION).
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def started_sale(raw: str, services: Services) -> int:
@@ -25,25 +40,109 @@ def started_sale(raw: str, services: Services) -> int:
     return sale_id
 
 
+def closes_ms(services: Services, sale_id: int) -> int:
+    s = services.settings
+    return sale_window(sale_id, s.sale_seconds, s.sale_open_seconds).closes_ms
+
+
+async def counts(services: Services, sale_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """(sold, held) of each sale: from Redis where it holds the sale, else PostgreSQL's sold
+    count (and no holds: Redis keeps them, and it does not know the sale)."""
+    found = await asyncio.gather(*(services.engine.read(s) for s in sale_ids))
+    known = {s: (int(r[0]), int(r[1])) for s, r in zip(sale_ids, found, strict=True) if r}
+    unknown = [s for s in sale_ids if s not in known]
+    if unknown:
+        sold = await queries.sold_counts(services.reads, unknown)
+        known.update({s: (sold.get(s, 0), 0) for s in unknown})
+    return known
+
+
+async def statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
+    if closes_ms(services, sale_id) > now_ms():
+        found = await services.engine.read(sale_id, first, count)
+        if found is not None:
+            return [str(status) for status in found]
+    sold = await queries.sold_items(services.reads, sale_id, first, count)
+    return ["sold" if item in sold else "available" for item in range(first, first + count)]
+
+
+def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBody:
+    s = services.settings
+    window = sale_window(sale_id, s.sale_seconds, s.sale_open_seconds)
+    return SaleBody(
+        sale_id=sale_id,
+        starts_at=rfc3339(window.starts_ms),
+        ends_at=rfc3339(window.ends_ms),
+        size=s.sale_size,
+        sold=sold,
+        held=held,
+        remaining=max(0, s.sale_size - sold - held),
+        user_limit=s.user_limit,
+    )
+
+
+async def open_sales(services: Services) -> SalesBody:
+    s = services.settings
+    sale_ids = list(unclosed_sales(s.sale_seconds, s.sale_open_seconds))
+    found = await counts(services, sale_ids)
+    return SalesBody(
+        [
+            OpenSaleBody(
+                **msgspec.structs.asdict(sale_body(services, sale, *found[sale])),
+                closes_at=rfc3339(closes_ms(services, sale)),
+            )
+            for sale in sale_ids
+            if found[sale][0] < s.sale_size  # sold out: closed
+        ]
+    )
+
+
 class SalesController(Controller):
     path = "/sales"
     tags = ("sales",)
 
+    @get(summary="The open sales, newest first", responses=error_responses())
+    async def open(self, services: ServicesDep) -> SalesBody:
+        return await services.recent.get("sales", lambda: open_sales(services))
+
     @get("/current", summary="The running sale", responses=error_responses())
     async def current(self, services: ServicesDep) -> SaleBody:
-        s = services.settings
-        sale_id = current_sale(s.sale_seconds)
-        sold, held = await services.engine.counts(sale_id)
-        window = sale_window(sale_id, s.sale_seconds)
-        return SaleBody(
-            sale_id=sale_id,
-            starts_at=rfc3339(window.starts_ms),
-            ends_at=rfc3339(window.ends_ms),
-            size=s.sale_size,
-            sold=sold,
-            held=held,
-            remaining=max(0, s.sale_size - sold - held),
-            user_limit=s.user_limit,
+        sale_id = current_sale(services.settings.sale_seconds)
+        sold, held = (await counts(services, [sale_id]))[sale_id]
+        return sale_body(services, sale_id, sold, held)
+
+    @get(
+        "/{sale_id:str}/items",
+        summary="A page of a sale's items with their status",
+        responses=ITEM_ERRORS,
+    )
+    async def items(
+        self,
+        request: Request[Any, Any, Any],
+        services: ServicesDep,
+        sale_id: FromPath[str],
+        from_: Annotated[str | None, QueryParameter(name="from", description="default 1")] = None,
+        count: Annotated[
+            str | None, Parameter(description=f"1..{PAGE_MAX}, default {PAGE_DEFAULT}")
+        ] = None,
+    ) -> ItemsBody:
+        sale = started_sale(sale_id, services)
+        query = request.query_params
+        size = services.settings.sale_size
+        first = params.item_id(params.single(query, "from"), size, "from") if "from" in query else 1
+        wanted = params.integer(params.single(query, "count"), "count") if "count" in query else 0
+        if "count" in query and not 1 <= wanted <= PAGE_MAX:
+            raise params.invalid(f"`count` must be 1 to {PAGE_MAX}.")
+        count_ = min(wanted or PAGE_DEFAULT, size - first + 1)
+        found = await services.recent.get(
+            ("items", sale, first, count_), lambda: statuses(services, sale, first, count_)
+        )
+        return ItemsBody(
+            sale,
+            [
+                ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
+                for item, status in zip(range(first, first + count_), found, strict=True)
+            ],
         )
 
     @get(
@@ -56,12 +155,7 @@ class SalesController(Controller):
     ) -> ItemBody:
         sale = started_sale(sale_id, services)
         item = params.item_id(item_id, services.settings.sale_size)
-        if sale == current_sale(services.settings.sale_seconds):
-            status = await services.engine.item_status(sale, item)
-        else:
-            # An ended sale: what was bought is in PostgreSQL; nothing is held any more.
-            sold = await queries.item_is_sold(services.reads, sale, item)
-            status = "sold" if sold else "available"
+        [status] = await statuses(services, sale, item, 1)
         return ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
 
     @get(
@@ -71,8 +165,16 @@ class SalesController(Controller):
         media_type="image/svg+xml",
     )
     async def image(
-        self, services: ServicesDep, sale_id: FromPath[str], item_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        services: ServicesDep,
+        sale_id: FromPath[str],
+        item_id: FromPath[str],
     ) -> Response[str]:
         sale = started_sale(sale_id, services)
         item = params.item_id(item_id, services.settings.sale_size)
-        return Response(item_svg(sale, item), media_type="image/svg+xml")
+        etag = f'"{PICTURE_VERSION}-{sale}-{item}"'
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+        if request.headers.get("if-none-match") == etag:
+            return Response("", status_code=304, headers=headers, media_type="image/svg+xml")
+        return Response(item_svg(sale, item), media_type="image/svg+xml", headers=headers)

@@ -1,4 +1,6 @@
-"""The sale clock: sales follow each other every SALE_SECONDS, aligned to the Unix epoch."""
+"""The sale clock: sales follow each other every SALE_SECONDS, aligned to the Unix epoch. A
+sale stays open after the next one starts, until it sells out or SALE_OPEN_SECONDS after
+its own start."""
 
 from __future__ import annotations
 
@@ -10,21 +12,33 @@ import msgspec
 class SaleWindow(msgspec.Struct, frozen=True):
     sale_id: int
     starts_ms: int
-    ends_ms: int
+    ends_ms: int  # when the next sale starts
+    closes_ms: int  # when it closes if it has not sold out by then
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def sale_window(sale_id: int, sale_seconds: int) -> SaleWindow:
+def sale_window(sale_id: int, sale_seconds: int, open_seconds: int) -> SaleWindow:
     sale_ms = sale_seconds * 1000
-    return SaleWindow(sale_id, sale_id * sale_ms, (sale_id + 1) * sale_ms)
+    starts = sale_id * sale_ms
+    return SaleWindow(sale_id, starts, starts + sale_ms, starts + open_seconds * 1000)
 
 
 def current_sale(sale_seconds: int, at_ms: int | None = None) -> int:
     """The id of the sale running at `at_ms` (default: now): floor(unix_time / SALE_SECONDS)."""
     return (now_ms() if at_ms is None else at_ms) // (sale_seconds * 1000)
+
+
+def unclosed_sales(sale_seconds: int, open_seconds: int, at_ms: int | None = None) -> range:
+    """The sales started by `at_ms` whose open time is not over, newest first (some of them
+    may have sold out)."""
+    at = now_ms() if at_ms is None else at_ms
+    running = current_sale(sale_seconds, at)
+    # Sale N is open while N * sale_ms + open_ms > at.
+    oldest = max(0, (at - open_seconds * 1000) // (sale_seconds * 1000) + 1)
+    return range(running, oldest - 1, -1)
 
 
 def rfc3339(ms: int) -> str:

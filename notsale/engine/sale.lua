@@ -13,18 +13,22 @@
 --       7 ready  string: the Redis server id (run_id) under which the sale's state was last
 --         known complete (see reconcile.lua). Missing or another id: Redis lost data or the
 --         sale is new, so checkouts wait for a rebuild from PostgreSQL
--- ARGV: 1 sale_id  2 sale_ms  3 hold_ms  4 user_limit  5 keep_ms (how long keys outlive the
---       sale)  6 outbox_max (entries the outbox may hold before checkouts are refused)
---       7 server id the worker sees now, then operations back to back:
---         "c", request_id, item_id, user_id, fresh_code   checkout (the code is used only for
---                                                         a new hold)
---         "p", code                                       purchase
---         "r", entry                                      log a checkout refused in Python
+-- ARGV: 1 sale_id  2 sale_ms  3 open_ms (the sale closes this long after its start unless
+--       sold out before)  4 size  5 hold_ms  6 user_limit  7 keep_ms (how long keys outlive
+--       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
+--       refused)  9 server id the worker sees now, then operations back to back:
+--         "c", request_id, item_id, user_id, fresh_code, named
+--                         checkout (the code is used only for a new hold); named "1" when the
+--                         client named the sale, "0" for the running sale
+--         "p", code       purchase
+--         "r", entry      log a checkout refused in Python
 -- Returns one reply per operation, in order:
---   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit,
---             or {"wrong_sale", server_sale_id} when Redis' clock is in another sale,
---             {"unready"} when the sale is not known ready under this server id, or
---             {"backlog"} when the outbox is full (for these three nothing was changed or logged)
+--   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit |
+--             sale_closed | item_not_found (a named sale that has not started on Redis' clock),
+--             or {"wrong_sale", server_sale_id} when Redis' clock runs another sale than the
+--             unnamed checkout's, {"unready"} when the sale is not known ready under this
+--             server id, or {"backlog"} when the outbox is full (for these three nothing was
+--             changed or logged)
 --   purchase: {"ok", item_id, user_id, purchased_ms, seq} (the first purchase's, on a repeat),
 --             {"code_expired"}, {"code_not_found"}, or {"item_sold"} when the item is sold
 --             under another code (Redis lost writes; nothing is overwritten)
@@ -32,15 +36,15 @@
 -- A script error stops the run where it stands: callers answer 503 and never run it again.
 
 local HOLD, HEXP, SOLD, CODE, USERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local ready = redis.call('GET', KEYS[7]) == ARGV[7]
-local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[6])
+local ready = redis.call('GET', KEYS[7]) == ARGV[9]
+local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
-local sale_id, sale_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
-local hold_ms, limit, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local sale_id, sale_ms, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local hold_ms, limit, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local server_sale = math.floor(now / sale_ms)
-local sale_end = (sale_id + 1) * sale_ms
+local closes = sale_id * sale_ms + tonumber(ARGV[3])
 
 -- The user's bought count and live holds ("item:expires_ms" strings).
 local function user_state(user, skip_item)
@@ -72,18 +76,23 @@ local function log(entry)
   redis.call('XADD', OUTBOX, '*', 'e', cjson.encode(entry))
 end
 
-local function checkout(request, item, user, code)
-  if server_sale ~= sale_id then
+local function checkout(request, item, user, code, named)
+  if named ~= '1' and server_sale ~= sale_id then
     return {'wrong_sale', server_sale}
-  end
-  if not ready then
-    return {'unready'}
   end
   if full then
     return {'backlog'}
   end
   local outcome, expires = nil, 0
-  if redis.call('HEXISTS', SOLD, item) == 1 then
+  if sale_id > server_sale then
+    outcome = 'item_not_found'
+  elseif now >= closes then
+    outcome = 'sale_closed'
+  elseif not ready then
+    return {'unready'}
+  elseif named == '1' and redis.call('HLEN', SOLD) >= size then
+    outcome = 'sale_closed'  -- sold out (unnamed, the running sale's items are each item_sold)
+  elseif redis.call('HEXISTS', SOLD, item) == 1 then
     outcome = 'item_sold'
   else
     local h = redis.call('HGET', HOLD, item)
@@ -105,14 +114,14 @@ local function checkout(request, item, user, code)
         outcome = 'user_limit'
       else
         outcome = 'ok'
-        expires = math.min(now + hold_ms, sale_end)
+        expires = math.min(now + hold_ms, closes)
         local exp_s = string.format('%.0f', expires)
         holds[#holds + 1] = item .. ':' .. exp_s
         redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
         redis.call('ZADD', HEXP, expires, item)
         redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
         save_user(user, bought, holds)
-        local gone = string.format('%.0f', sale_end + keep_ms)
+        local gone = string.format('%.0f', closes + keep_ms)
         for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
           redis.call('PEXPIREAT', key, gone)
         end
@@ -135,7 +144,7 @@ local function purchase(code)
   if paid ~= '0' then
     return {'ok', item, user, tonumber(paid), tonumber(seq)}
   end
-  -- A hold never outlives its sale, so this also refuses codes of an ended sale.
+  -- A hold never outlives its sale's open time, so this also refuses codes of a closed sale.
   if tonumber(expires) <= now then
     return {'code_expired'}
   end
@@ -156,16 +165,24 @@ local function purchase(code)
   save_user(user, bought, holds)
   redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t' .. now_s
     .. '\t' .. bought)
+  if redis.call('HLEN', SOLD) >= size then
+    -- Sold out: the sale is closed, and its keys go keep_ms from now, not from its close.
+    local gone = string.format('%.0f', now + keep_ms)
+    for _, key in ipairs({HOLD, HEXP, SOLD, CODE, USERS, KEYS[7]}) do
+      redis.call('PEXPIREAT', key, gone)
+    end
+  end
   log({'p', '', user, item, 'ok', code, now_s, bought})
   return {'ok', item, user, now, bought}
 end
 
-local replies, i = {}, 8
+local replies, i = {}, 10
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then
-    replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
-    i = i + 5
+    replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+      ARGV[i + 5])
+    i = i + 6
   elseif op == 'p' then
     replies[#replies + 1] = purchase(ARGV[i + 1])
     i = i + 2

@@ -23,8 +23,8 @@ from notsale.errors import ErrorCode, Store, Unavailable
 
 SCRIPTS_DIR = Path(__file__).parent
 
-# Keys outlive their sale by this long, so a late purchase retry is still answered from Redis;
-# after that PostgreSQL answers it, and Redis memory does not grow sale after sale.
+# Keys outlive their sale's close by this long, so a late purchase retry is still answered
+# from Redis; after that PostgreSQL answers it, and Redis memory does not grow sale after sale.
 KEEP_AFTER_SALE_MS = 3_600_000
 
 # A checkout may meet a sale rollover and an unready sale before it is decided.
@@ -98,9 +98,15 @@ class SaleEngine:
             self._verify = True
             raise Unavailable(Store.REDIS) from exc
 
+    def head(self, sale_id: int, server: str) -> list[int | str]:
+        """sale.lua's ARGV before the operations (its header says what each is)."""
+        s = self.settings
+        head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.sale_open_seconds * 1000]
+        head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
+        return [*head, s.outbox_max, server]
+
     async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
-        s = self.settings
         server = self.server
         if server is None or self._verify:
             server = await self.refresh_server()
@@ -111,22 +117,30 @@ class SaleEngine:
             except REDIS_DOWN as exc:
                 raise Unavailable(Store.REDIS) from exc
             self._registered.add(sale_id)
-        head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.hold_seconds * 1000]
-        head += [s.user_limit, KEEP_AFTER_SALE_MS, s.outbox_max, server]
         started = time.perf_counter()
-        replies = await self._run(self._sale, sale_keys(sale_id), [*head, *ops])
+        replies = await self._run(
+            self._sale, sale_keys(sale_id), [*self.head(sale_id, server), *ops]
+        )
         metrics.batch(len(replies), time.perf_counter() - started)
         return replies
 
     async def checkout(
-        self, user_id: str, item_id: int, request_id: str | None = None
+        self,
+        user_id: str,
+        item_id: int,
+        request_id: str | None = None,
+        sale_id: int | None = None,
     ) -> CheckoutDecision:
-        """`request_id` keys the attempt's row (default: a new one)."""
+        """An item of `sale_id` (default: the running sale, on Redis' clock). `request_id`
+        keys the attempt's row (default: a new one)."""
         request_id = request_id or self.new_request_id()
-        sale_id = current_sale(self.settings.sale_seconds)
+        named = "0" if sale_id is None else "1"
+        if sale_id is None:
+            sale_id = current_sale(self.settings.sale_seconds)
         for _ in range(CHECKOUT_TRIES):
             code = new_code(sale_id)
-            reply = await self._batcher.submit(sale_id, ["c", request_id, item_id, user_id, code])
+            op = ["c", request_id, item_id, user_id, code, named]
+            reply = await self._batcher.submit(sale_id, op)
             if reply[0] == "wrong_sale":
                 # This worker's clock and Redis' disagree on which sale runs: Redis' wins.
                 sale_id = int(reply[1])
@@ -152,23 +166,18 @@ class SaleEngine:
         reply = await self._batcher.submit(sale_id, ["r", entry])
         return bool(reply[0] == "ok")
 
-    async def _stats_of(self, sale_id: int, item: int | str) -> list[Any]:
-        k = sale_keys(sale_id)
-        keys = [k.hold, k.hexp, k.sold, k.ready]
-        reply = await self._run(self._stats, keys, [item, self.server or ""])
-        if reply[0] == "unready" and self._prepare is not None:
-            # Redis lost the sale (or this worker's view of Redis is old): read it once rebuilt.
+    async def read(self, sale_id: int, first: int | str = "", count: int = 1) -> list[Any] | None:
+        """stats.lua: the sale's (sold, held) counts, or the statuses of `count` items from
+        `first`; None when Redis does not hold the sale complete (reads never rebuild a
+        sale: PostgreSQL answers them instead)."""
+        keys = sale_keys(sale_id)
+        keys4 = [keys.hold, keys.hexp, keys.sold, keys.ready]
+        reply = await self._run(self._stats, keys4, [first, self.server or "", count])
+        if reply == ["unready"] and (self.server is None or self._verify):
+            # This worker may not know the server it talks to yet: ask, then read once more.
             server = await self.refresh_server()
-            await self._prepare(sale_id, server)
-            reply = await self._run(self._stats, keys, [item, server])
-        if reply[0] == "unready":
-            raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
-        return reply
-
-    async def counts(self, sale_id: int) -> tuple[int, int]:
-        """(sold, held) of a sale."""
-        sold, held = await self._stats_of(sale_id, "")
-        return int(sold), int(held)
+            reply = await self._run(self._stats, keys4, [first, server, count])
+        return None if reply == ["unready"] else reply
 
     async def backlogs(self) -> dict[int, int]:
         """Entries waiting in each registered sale's outbox (written entries are deleted)."""
@@ -178,6 +187,3 @@ class SaleEngine:
             return {s: await self.redis.xlen(sale_keys(s).outbox) for s in sales}
         except REDIS_DOWN as exc:
             raise Unavailable(Store.REDIS) from exc
-
-    async def item_status(self, sale_id: int, item_id: int) -> str:
-        return str((await self._stats_of(sale_id, item_id))[0])

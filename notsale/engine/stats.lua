@@ -1,10 +1,12 @@
--- stats.lua: a consistent read of one sale's counters, on Redis' clock.
+-- stats.lua: a consistent read of one sale, on Redis' clock: its counters, or the status of
+-- a run of its items (one grid page of the buyers' page in one call).
 --
 -- KEYS: 1 hold  2 hexp  3 sold  4 ready (as in sale.lua)
--- ARGV: 1 item_id, or "" for the whole sale  2 the Redis server id the worker sees now
--- Returns {sold_count, live_hold_count} for the sale, or {status} for one item,
--- status one of available, held, sold; {"unready"} when the sale's state is not known
--- complete under this server id (new sale, or Redis lost data): the caller prepares it and asks again.
+-- ARGV: 1 the first item, or "" for the whole sale  2 the Redis server id the worker sees
+--       now  3 how many items from the first (at most a few hundred)
+-- Returns {sold_count, live_hold_count} for the sale, or one status per item, each one of
+-- available, held, sold; {"unready"} when the sale's state is not known complete under this
+-- server id (Redis lost it, or no checkout prepared it yet): PostgreSQL answers instead.
 
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then
   return {'unready'}
@@ -14,11 +16,20 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] == '' then
   return {redis.call('HLEN', KEYS[3]), redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%.0f', now), '+inf')}
 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  return {'sold'}
+local items = {}
+for i = 0, tonumber(ARGV[3]) - 1 do
+  items[#items + 1] = tonumber(ARGV[1]) + i
 end
-local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if exp and tonumber(exp) > now then
-  return {'held'}
+local sold = redis.call('HMGET', KEYS[3], unpack(items))
+local expires = redis.call('ZMSCORE', KEYS[2], unpack(items))
+local statuses = {}
+for i = 1, #items do
+  if sold[i] then
+    statuses[i] = 'sold'
+  elseif expires[i] and tonumber(expires[i]) > now then
+    statuses[i] = 'held'
+  else
+    statuses[i] = 'available'
+  end
 end
-return {'available'}
+return statuses

@@ -9,7 +9,7 @@ MAX_DELIVERIES times without being written) is kept in outbox_rejects and acknow
 bad entry never blocks the ones behind it.
 
 It reads every sale in the outbox registry (engine/keys.py), whatever the sale's age, so an
-outage of PostgreSQL longer than a sale loses nothing; once an ended sale's stream is empty
+outage of PostgreSQL longer than a sale loses nothing; once a closed sale's stream is empty
 and acknowledged it is deleted and leaves the registry.
 """
 
@@ -31,7 +31,7 @@ from coredis.response.types import StreamPendingExt
 from notsale import metrics, outbox
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import current_sale, now_ms
+from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 from notsale.store.rows import AttemptRow, PurchaseRow, RejectRow, write_groups, write_rejects
@@ -60,11 +60,11 @@ CLAIM_EVERY_S = 2.0
 # An entry handed out this many times without being written kills or jams whoever takes it:
 # it goes to outbox_rejects instead of being handed out again.
 MAX_DELIVERIES = 5
-# How often the registry of outboxes is read, and ended sales' streams are cleaned up.
+# How often the registry of outboxes is read, and closed sales' streams are cleaned up.
 REGISTRY_EVERY_S = 1.0
 CLEANUP_EVERY_S = 10.0
-# A sale's stream takes no entries once its holds are over; it is deleted only this long
-# after the sale's end, past any clock skew between workers and Redis.
+# A closed sale's stream takes no more entries; it is deleted only this long after the
+# sale's close, past any clock skew between workers and Redis.
 ENDED_GRACE_MS = 60_000
 # A consumer with nothing pending that has not read for this long is a worker gone.
 DEAD_CONSUMER_IDLE_MS = 600_000
@@ -321,12 +321,15 @@ class Flusher:
         log.error("outbox entries set aside", extra={"stream": key, "count": len(rejects)})
 
     async def _clean_up(self, running: int) -> None:
-        """Delete the streams of ended sales that hold nothing unwritten, and forget them;
+        """Delete the streams of closed sales that hold nothing unwritten, and forget them;
         drop consumers (workers gone) with nothing pending from the streams that remain."""
-        ended_before = current_sale(self._settings.sale_seconds, now_ms() - ENDED_GRACE_MS)
+        s = self._settings
         for sale in sorted(self._registered):
             key = sale_keys(sale).outbox
-            if sale < min(ended_before, running - 1):
+            closes = sale_window(sale, s.sale_seconds, s.sale_open_seconds).closes_ms
+            # Nothing is logged in a sale's outbox once it closed (sale.lua refuses on Redis'
+            # clock; past the grace, workers log refusals in the running sale's outbox).
+            if sale < running - 1 and closes + ENDED_GRACE_MS < now_ms():
                 # An entry stays in the stream until written (XACK, then XDEL): empty means
                 # nothing is left unwritten, whatever is still listed as pending.
                 if await self._redis.xlen(key) == 0:
@@ -334,7 +337,7 @@ class Flusher:
                     await self._redis.srem(OUTBOX_REGISTRY, [str(sale)])
                     self._registered.discard(sale)
                     self._groups.discard(key)
-                    log.info("outbox of an ended sale deleted", extra={"sale_id": sale})
+                    log.info("outbox of a closed sale deleted", extra={"sale_id": sale})
                 continue
             if key in self._groups:
                 await self._drop_dead_consumers(key)

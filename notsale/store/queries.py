@@ -41,6 +41,13 @@ async def user_purchases(pool: asyncpg.Pool, sale_id: int, user_id: str) -> list
     return [PurchaseRow(*r) for r in rows]
 
 
-async def item_is_sold(pool: asyncpg.Pool, sale_id: int, item_id: int) -> bool:
-    query = "SELECT 1 FROM purchases WHERE sale_id = $1 AND item_id = $2"
-    return bool(await fetch(pool, query, sale_id, item_id))
+async def sold_items(pool: asyncpg.Pool, sale_id: int, first: int, count: int) -> set[int]:
+    """The items of first..first+count-1 that are sold."""
+    query = "SELECT item_id FROM purchases WHERE sale_id = $1 AND item_id BETWEEN $2 AND $3"
+    return {r["item_id"] for r in await fetch(pool, query, sale_id, first, first + count - 1)}
+
+
+async def sold_counts(pool: asyncpg.Pool, sale_ids: list[int]) -> dict[int, int]:
+    """Items sold in each of these sales (absent: none)."""
+    query = "SELECT sale_id, count(*) FROM purchases WHERE sale_id = ANY($1) GROUP BY sale_id"
+    return {r["sale_id"]: r["count"] for r in await fetch(pool, query, sale_ids)}

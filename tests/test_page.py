@@ -1,0 +1,102 @@
+"""The buyers' page at / in a real browser: Debian's headless Chromium, driven by selenium
+through Debian's chromedriver (nothing is downloaded; scripts/test installs both)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.wait import WebDriverWait
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+# The page polls every 2 s and the service keeps polled answers for 1 s.
+SEEN_WITHIN_S = 10
+REDRAWN = (NoSuchElementException, StaleElementReferenceException)
+
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (scripts/test installs them)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1280,900")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def click(driver: webdriver.Chrome, selector: str) -> bool:
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+    return True
+
+
+def remaining(driver: webdriver.Chrome) -> int:
+    return int(driver.find_element(By.CSS_SELECTOR, ".sale.chosen .remaining").text)
+
+
+def item_class(driver: webdriver.Chrome, item: int) -> str:
+    tile = driver.find_element(By.CSS_SELECTOR, f'#grid .item[data-item="{item}"]')
+    return str(tile.get_attribute("class"))
+
+
+@needs_chromium
+async def test_a_buyer_checks_out_and_buys_on_the_page(
+    serve: Callable[..., Any],
+    db: asyncpg.Connection,
+    browser: webdriver.Chrome,
+    tmp_path: Path,
+) -> None:
+    server = await serve(workers=1)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        page = await http.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert (
+            await http.get("/", headers={"If-None-Match": page.headers["etag"]})
+        ).status_code == 304
+        # Someone else holds item 2 already.
+        await http.post("/checkout", params={"user_id": "bob", "id": "2"})
+
+    def buy_item_5() -> str:
+        # The page redraws what it polls: an element found may be gone a moment later.
+        wait = WebDriverWait(browser, SEEN_WITHIN_S, ignored_exceptions=REDRAWN)
+        browser.get(server.base_url + "/")
+        browser.find_element(By.ID, "user").send_keys("alice", Keys.TAB)
+        wait.until(lambda d: "available" in item_class(d, 5))
+        assert "held" in item_class(browser, 2)
+        before = remaining(browser)
+        wait.until(lambda d: click(d, '#grid .item[data-item="5"]'))
+        code = wait.until(lambda d: d.find_element(By.ID, "code").text)
+        assert "s" in browser.find_element(By.ID, "countdown").text  # "59 s"
+        wait.until(lambda d: click(d, "#buy"))
+        wait.until(lambda d: "sold" in item_class(d, 5))
+        wait.until(lambda d: remaining(d) == before - 1)
+        wait.until(lambda d: "item 5" in d.find_element(By.ID, "purchases").text)
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        return str(code)
+
+    code = await asyncio.to_thread(buy_item_5)
+    row = await db.fetchrow("SELECT user_id, item_id FROM purchases WHERE code = $1", code)
+    assert row is not None and tuple(row) == ("alice", 5)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
