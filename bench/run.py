@@ -116,12 +116,26 @@ def running(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[subproc
         process.wait(timeout=30)
 
 
-def worker_rss_mb(server: subprocess.Popen[bytes]) -> float:
-    pids = subprocess.run(
+def worker_pids(server: subprocess.Popen[bytes]) -> list[str]:
+    return subprocess.run(
         ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
     ).stdout.split()
-    rss = [int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 for pid in pids]
+
+
+def worker_rss_mb(server: subprocess.Popen[bytes]) -> float:
+    rss = [
+        int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 for pid in worker_pids(server)
+    ]
     return max(rss) / 2**20 if rss else 0.0
+
+
+def worker_cpu_s(server: subprocess.Popen[bytes]) -> float:
+    """CPU time (user + system) the server's workers have used so far."""
+    ticks = 0
+    for pid in worker_pids(server):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -267,6 +281,7 @@ def main() -> int:
     ) -> dict[str, float]:
         env = {**notsale_env(), **extra}
         with running(serve, env, url + "/health") as server:
+            cpu_before = worker_cpu_s(server)
             if label == VIEWED:
                 with viewers(url, VIEWERS) as answered:
                     got = wrk(url, opts.seconds, script, *args)
@@ -274,6 +289,9 @@ def main() -> int:
                     raise SystemExit(f"a buyers' page was answered {sorted(set(answered))}")
             else:
                 got = wrk(url, opts.seconds, script, *args)
+            # Worker CPU per answered wrk request: steadier than req/s on a shared machine,
+            # and it leaves out what the load drivers themselves cost.
+            got["cpu_us"] = (worker_cpu_s(server) - cpu_before) / got["requests"] * 1e6
             got["rss"] = worker_rss_mb(server)
             # Only the checkout-only run knows how many attempts it made (wrk's count).
             if script == "checkout.lua":
@@ -295,6 +313,7 @@ def main() -> int:
             f"{median(r['rps'] for r in got) / hello_rps:.2f}",
             f"{median(r['p50'] for r in got):.2f}",
             f"{median(r['p99'] for r in got):.2f}",
+            f"{median(r['cpu_us'] for r in got):.0f}" if "cpu_us" in got[0] else "",
             f"{max(r['rss'] for r in got):.0f}" if "rss" in got[0] else "",
             f"{max(r['drain'] for r in got):.2f}" if "drain" in got[0] else "",
         )
@@ -307,18 +326,19 @@ def main() -> int:
         f"{os.cpu_count()} cores shared with Redis, PostgreSQL and wrk\n"
     )
     print(
-        "| run | req/s | ratio to hello | p50 ms | p99 ms | max worker RSS MB "
-        "| attempts in PostgreSQL s after load |"
+        "| run | req/s | ratio to hello | p50 ms | p99 ms | worker CPU µs/request "
+        "| max worker RSS MB | attempts in PostgreSQL s after load |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    with_metrics = median(r["rps"] for r in runs[CHECKOUT])
-    without = median(r["rps"] for r in runs[NO_METRICS])
-    viewed = median(r["rps"] for r in runs[VIEWED])
-    print(f"\nmetrics cost: checkout req/s with metrics / without = {with_metrics / without:.3f}")
-    page_cost = viewed / with_metrics
-    print(f"page cost: checkout req/s with {VIEWERS} pages open / none = {page_cost:.3f}")
+    for what, base, other in (
+        ("metrics cost: checkout without metrics -> with", NO_METRICS, CHECKOUT),
+        (f"page cost: checkout alone -> with {VIEWERS} buyers' pages open", CHECKOUT, VIEWED),
+    ):
+        rps = median(r["rps"] for r in runs[other]) / median(r["rps"] for r in runs[base])
+        cpu = median(r["cpu_us"] for r in runs[other]) / median(r["cpu_us"] for r in runs[base])
+        print(f"{what}: req/s x{rps:.3f}, worker CPU per request x{cpu:.3f}")
 
     if not opts.skip_locust:
         locust = [

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from xml.sax.saxutils import escape
+
+from notsale import pictures
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -94,12 +95,6 @@ PRODUCTS = _words("""
 # of the current sale, so they stay cached; an ended sale's reads evict only the coldest.
 NAME_CACHE_SIZE = 16_384
 
-# Part of each picture's ETag: raise it whenever item_svg draws differently.
-PICTURE_VERSION = 1
-PICTURE_SIZE = 256  # the SVG viewBox side, in user units
-LABEL_TOP = 196  # the picture above, the two-line name below
-INK = "#222"  # label text and shape outlines: readable on every pale background
-
 
 def _digest(sale_id: int, item_id: int) -> int:
     # blake2b, not hash(): Python salts str hashes per process, and every worker must agree.
@@ -125,33 +120,7 @@ def image_url(sale_id: int, item_id: int) -> str:
 
 
 def item_svg(sale_id: int, item_id: int) -> str:
-    """A small standalone SVG: a card with shapes in the item's colour and its name below."""
+    """The item's picture: the object its name says, in its colour and material (pictures.py)."""
     h = _digest(sale_id, item_id)
     colour, material, product = _parts(h)
-    name = escape(f"{colour} {material} {product}")
-    b = h.to_bytes(8, "big")  # the shapes draw on the digest's bytes, high byte first
-    hue, accent = b[0] * 360 // 256, (b[0] * 360 // 256 + 150) % 360
-    cx, cy, r = 70 + b[1] % 116, 60 + b[2] % 70, 28 + b[3] % 32
-    x, y, w = 24 + b[4] % 100, 70 + b[5] % 60, 60 + b[6] % 60
-    tilt = b[7] % 90 - 45
-    px, py = 40 + b[2] % 176, 40 + b[5] % 110  # the triangle's apex
-    s = PICTURE_SIZE
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {s} {s}" width="{s}" '
-        f'height="{s}" role="img"><title>{name}</title>'
-        f'<rect width="{s}" height="{s}" rx="24" fill="hsl({hue},45%,93%)"/>'
-        f'<polygon points="{px},{py} {px + 36},{py + 56} {px - 36},{py + 56}" '
-        f'fill="hsl({accent},45%,70%)"/>'
-        f'<rect x="{x}" y="{y}" width="{w}" height="{w // 2}" rx="10" '
-        f'transform="rotate({tilt} {x + w // 2} {y + w // 4})" fill="{COLOURS[colour]}" '
-        f'stroke="{INK}" stroke-width="2"/>'
-        f'<circle cx="{cx}" cy="{cy}" r="{r}" fill="{COLOURS[colour]}" fill-opacity="0.8" '
-        f'stroke="{INK}" stroke-width="2"/>'
-        f'<rect y="{LABEL_TOP}" width="{s}" height="{s - LABEL_TOP}" fill="#fff" '
-        f'fill-opacity="0.85"/>'
-        f'<text x="{s // 2}" text-anchor="middle" font-family="sans-serif" fill="{INK}">'
-        f'<tspan x="{s // 2}" y="{LABEL_TOP + 22}" font-size="14">'
-        f"{escape(f'{colour} {material}')}</tspan> "
-        f'<tspan x="{s // 2}" y="{LABEL_TOP + 44}" font-size="17" font-weight="bold">'
-        f"{escape(product)}</tspan></text></svg>"
-    )
+    return pictures.item_svg(h, colour, COLOURS[colour], material, product)

@@ -20,9 +20,10 @@ from notsale.api import params
 from notsale.api.errors import error_responses
 from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
 from notsale.api.openapi import PAGE_MAX
-from notsale.catalog import PICTURE_VERSION, image_url, item_name, item_svg
+from notsale.catalog import image_url, item_name, item_svg
 from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
 from notsale.errors import ErrorCode, NotsaleError
+from notsale.pictures import PICTURE_VERSION
 from notsale.services import Services, ServicesDep
 from notsale.store import queries
 
