@@ -179,11 +179,19 @@ class SaleEngine:
             reply = await self._run(self._stats, keys4, [first, server, count])
         return None if reply == ["unready"] else reply
 
-    async def backlogs(self) -> dict[int, int]:
-        """Entries waiting in each registered sale's outbox (written entries are deleted)."""
+    async def registered(self) -> list[int]:
+        """The sales with an outbox: every sale a decision was ever logged for (until its
+        stream is cleaned up after its close). Redis knows no other sale's state."""
         try:
             members = await self.redis.smembers(OUTBOX_REGISTRY)
-            sales = sorted(int(m) for m in members if m.isdigit())
+        except REDIS_DOWN as exc:
+            raise Unavailable(Store.REDIS) from exc
+        return sorted(int(m) for m in members if m.isdigit())
+
+    async def backlogs(self) -> dict[int, int]:
+        """Entries waiting in each registered sale's outbox (written entries are deleted)."""
+        sales = await self.registered()
+        try:
             return {s: await self.redis.xlen(sale_keys(s).outbox) for s in sales}
         except REDIS_DOWN as exc:
             raise Unavailable(Store.REDIS) from exc
