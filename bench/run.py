@@ -144,12 +144,12 @@ def viewers(url: str, count: int) -> Iterator[list[int]]:
     every VIEW_POLL_S. Yields the list their answers' statuses are counted in."""
     stop = threading.Event()
     answered: list[int] = []
+    sale = httpx.get(url + "/sales/current").json()["sale_id"]
 
     def page() -> None:
         with httpx.Client(base_url=url, timeout=5) as http:
             while not stop.wait(VIEW_POLL_S):
                 sales = http.get("/sales")
-                sale = sales.json()["sales"][0]["sale_id"]
                 grid = http.get(f"/sales/{sale}/items", params={"count": VIEW_PAGE})
                 answered.extend((sales.status_code, grid.status_code))
 
@@ -284,7 +284,12 @@ def main() -> int:
             cpu_before = worker_cpu_s(server)
             if label == VIEWED:
                 with viewers(url, VIEWERS) as answered:
+                    # First the pages alone: the workers' CPU they take, free of the crowd.
+                    time.sleep(opts.seconds)
+                    page_cpu_s = (worker_cpu_s(server) - cpu_before) / opts.seconds
+                    cpu_before = worker_cpu_s(server)
                     got = wrk(url, opts.seconds, script, *args)
+                got["page_cpu_s"] = page_cpu_s
                 if set(answered) != {200}:
                     raise SystemExit(f"a buyers' page was answered {sorted(set(answered))}")
             else:
@@ -339,6 +344,13 @@ def main() -> int:
         rps = median(r["rps"] for r in runs[other]) / median(r["rps"] for r in runs[base])
         cpu = median(r["cpu_us"] for r in runs[other]) / median(r["cpu_us"] for r in runs[base])
         print(f"{what}: req/s x{rps:.3f}, worker CPU per request x{cpu:.3f}")
+    # The pages' own share: the CPU they take alone, against what the crowd's checkouts take.
+    page_cpu = median(r["page_cpu_s"] for r in runs[VIEWED])
+    crowd_cpu = median(r["cpu_us"] * r["rps"] / 1e6 for r in runs[CHECKOUT])
+    print(
+        f"{VIEWERS} buyers' pages alone: worker CPU {page_cpu * 1000:.1f} ms/s,"
+        f" {page_cpu / crowd_cpu:.1%} of what the checkout stampede takes"
+    )
 
     if not opts.skip_locust:
         locust = [

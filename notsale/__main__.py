@@ -26,6 +26,10 @@ LISTEN_BACKLOG = 4096
 MAX_HEAD_BYTES = 16 * 1024
 # A client that does not finish sending its headers within this long is dropped.
 HEADER_READ_TIMEOUT_MS = 10_000
+# A worker that has not stopped this long after SIGTERM is killed. Its drain (commits, the
+# flusher) ends well within it; seen here once: a worker hung for good in granian's signal
+# handler after SIGTERM reached it twice (from a `pkill` and from its master).
+WORKER_STOP_TIMEOUT_S = 30
 # After granian gave up on crashing workers, wait this long before starting it again.
 RESTART_DELAY_S = 1.0
 # prometheus_client's multiprocess mode keeps every process' values in files under this.
@@ -105,6 +109,7 @@ def granian(settings: Settings) -> Any:
         log_access_format=ACCESS_FORMAT,
         respawn_failed_workers=True,
         respawn_interval=0.5,
+        workers_kill_timeout=WORKER_STOP_TIMEOUT_S,
     )
 
 
