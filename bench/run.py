@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,6 +197,26 @@ def attempts_drain_s(database_url: str, requests: float) -> float:
     return time.monotonic() - started
 
 
+def ab(setting: str, pairs: int, run: Callable[[dict[str, str]], dict[str, float]]) -> int:
+    """Paired runs: the ratio within each pair is steadier than medians of separate runs
+    (this machine's speed drifts by more than the costs measured here)."""
+    name, _, value = setting.partition("=")
+    rps, cpu = [], []
+    for pair in range(pairs):
+        order = [{}, {name: value}] if pair % 2 == 0 else [{name: value}, {}]
+        served, changed = (run(extra) for extra in order)
+        if pair % 2:
+            served, changed = changed, served
+        rps.append(served["rps"] / changed["rps"])
+        cpu.append(served["cpu_us"] / changed["cpu_us"])
+        print(f"pair {pair + 1}: req/s x{rps[-1]:.3f}, worker CPU per request x{cpu[-1]:.3f}")
+    print(
+        f"checkout as served / with {setting}, median of {pairs} pairs:"
+        f" req/s x{median(rps):.3f}, worker CPU per request x{median(cpu):.3f}"
+    )
+    return 0
+
+
 def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -> int:
     """Checkout load until `total` requests were answered; worker RSS after every 30 s."""
     database_url, redis_url = fresh_stores(base)
@@ -230,6 +250,12 @@ def main() -> int:
     parser.add_argument("--sim-users", type=int, default=1000)
     parser.add_argument("--sim-seconds", type=int, default=60)
     parser.add_argument("--skip-locust", action="store_true")
+    parser.add_argument(
+        "--ab",
+        metavar="VAR=VALUE",
+        help="instead: --repeat pairs of checkout runs, as served and with this setting,"
+        " alternating which goes first; prints the median of the pairs' ratios",
+    )
     parser.add_argument(
         "--soak",
         type=int,
@@ -307,6 +333,11 @@ def main() -> int:
                 got["drain"] = attempts_drain_s(env["NOTSALE_DATABASE_URL"], got["requests"])
         return got
 
+    if opts.ab:
+        return ab(
+            opts.ab, opts.repeat, lambda extra: notsale_run(CHECKOUT, "checkout.lua", (), extra)
+        )
+
     # Every run is repeated, the runs of one round back to back, and the median kept: on a
     # shared 2-core machine one run can be off by half.
     runs: dict[str, list[dict[str, float]]] = {}
@@ -341,12 +372,12 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    for what, base, other in (
+    for what, before, after in (
         ("metrics cost: checkout without metrics -> with", NO_METRICS, CHECKOUT),
         (f"page cost: checkout alone -> with {VIEWERS} buyers' pages open", CHECKOUT, VIEWED),
     ):
-        rps = median(r["rps"] for r in runs[other]) / median(r["rps"] for r in runs[base])
-        cpu = median(r["cpu_us"] for r in runs[other]) / median(r["cpu_us"] for r in runs[base])
+        rps = median(r["rps"] for r in runs[after]) / median(r["rps"] for r in runs[before])
+        cpu = median(r["cpu_us"] for r in runs[after]) / median(r["cpu_us"] for r in runs[before])
         print(f"{what}: req/s x{rps:.3f}, worker CPU per request x{cpu:.3f}")
     # The pages' own share: the CPU they take alone, against what the crowd's checkouts take.
     page_cpu = median(r["page_cpu_s"] for r in runs[VIEWED])
