@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *([MetricsController] if settings.metrics else []),
         ],
         dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

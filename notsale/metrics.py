@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
@@ -37,8 +37,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-# The routes whose answers are counted by outcome too (ok, or the error code).
-OUTCOME_ROUTES = ("/checkout", "/purchase")
+# The hot routes: they record their own answers, by outcome too (ok, or the error code).
+HOT_ROUTES = frozenset(("/checkout", "/purchase"))
+# Where a hot request's start is kept in its ASGI scope.
+STARTED = "notsale.started"
 # A request that matched no route (its status is 404).
 UNMATCHED = "unmatched"
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -126,13 +128,19 @@ async def hand_over_every(seconds: float = HAND_OVER_S) -> None:
         hand_over()  # what the last moments recorded too
 
 
-def outcome(route: str, code: str) -> None:
-    if not enabled:
+def hot_answer(scope: Scope, status: int, outcome: str | None) -> None:
+    """A hot route's answer, recorded where it is made (raw.py, api/errors.py): its status,
+    latency and outcome (ok or the error code; None for answers that are not one)."""
+    started = cast(float | None, scope.get(STARTED))
+    if started is None:  # metrics are off
         return
-    child = _outcomes.get((route, code))
-    if child is None:
-        child = _outcomes[route, code] = OUTCOMES.labels(route, code)
-    _count(child)
+    route = scope["path"]  # a hot route's path is its template
+    _answered(route, status, time.perf_counter() - started)
+    if outcome is not None:
+        child = _outcomes.get((route, outcome))
+        if child is None:
+            child = _outcomes[route, outcome] = OUTCOMES.labels(route, outcome)
+        _count(child)
 
 
 def batch(ops: int, seconds: float) -> None:
@@ -158,6 +166,12 @@ def metered(app: ASGIApp) -> ASGIApp:
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        if scope["path"] in HOT_ROUTES:
+            # Measured: wrapping `send` cost the stampede 5-7 % of its CPU. The hot routes
+            # record their answers themselves (hot_answer), from this start.
+            scope[STARTED] = started  # type: ignore[literal-required]
+            await app(scope, receive, send)
+            return
         status = 500  # the app failed before answering
 
         async def send_noting_status(message: Message) -> None:

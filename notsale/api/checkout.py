@@ -35,7 +35,6 @@ async def record_refused(
     await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
 
 
-CHECKOUT_ROUTE = "/checkout"
 CHECKOUT_DOC = HotRouteDoc(
     tag="sale",
     summary="Hold an item for the user",
@@ -57,7 +56,7 @@ CHECKOUT_DOC = HotRouteDoc(
 
 
 class CheckoutController(Controller):
-    path = CHECKOUT_ROUTE
+    path = "/checkout"
 
     # An `asgi` handler, the hot path (see notsale.api.raw): it reads the query raw, so that
     # even a malformed request reaches it and is logged as an attempt.
@@ -88,7 +87,7 @@ class CheckoutController(Controller):
             await record_refused(services, scope, request_id, exc, user, str(item_id), named)
             raise
         if decision.outcome is not None:
-            await send_refusal(send, CHECKOUT_ROUTE, decision.outcome)
+            await send_refusal(scope, send, decision.outcome)
             return
         body = CheckoutBody(
             code=decision.code,
@@ -98,4 +97,4 @@ class CheckoutController(Controller):
             image_url=image_url(decision.sale_id, item_id),
             expires_at=rfc3339(decision.expires_ms),
         )
-        await send_body(send, CHECKOUT_ROUTE, body)
+        await send_body(scope, send, body)

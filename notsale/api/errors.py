@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Request, Response
@@ -26,10 +27,7 @@ def error_response(code: ErrorCode, detail: str | None = None) -> Response[Any]:
     )
 
 
-def on_notsale_error(request: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
-    route = request.scope.get("path_template", "")
-    if route in metrics.OUTCOME_ROUTES:
-        metrics.outcome(route, exc.code)
+def on_notsale_error(_: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
     return error_response(exc.code, exc.detail)
 
 
@@ -63,11 +61,25 @@ def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBo
     )
 
 
+def recorded(
+    handler: Callable[[Request[Any, Any, Any], Any], Response[ErrorBody]],
+) -> Callable[[Request[Any, Any, Any], Any], Response[ErrorBody]]:
+    """The handler, recording its answers to the hot routes (see metrics.hot_answer)."""
+
+    def handle(request: Request[Any, Any, Any], exc: Any) -> Response[ErrorBody]:
+        response = handler(request, exc)
+        status = response.status_code or 500
+        metrics.hot_answer(request.scope, status, response.content.error)
+        return response
+
+    return handle
+
+
 EXCEPTION_HANDLERS = {
-    NotsaleError: on_notsale_error,
-    HTTPException: on_http_exception,
-    **{exc: on_store_down for exc in (*REDIS_DOWN, *PG_DOWN)},
-    Exception: on_unexpected,
+    NotsaleError: recorded(on_notsale_error),
+    HTTPException: recorded(on_http_exception),
+    **{exc: recorded(on_store_down) for exc in (*REDIS_DOWN, *PG_DOWN)},
+    Exception: recorded(on_unexpected),
 }
 
 

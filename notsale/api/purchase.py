@@ -31,7 +31,6 @@ def purchase_body(row: PurchaseRow) -> PurchaseBody:
     )
 
 
-PURCHASE_ROUTE = "/purchase"
 PURCHASE_DOC = HotRouteDoc(
     tag="sale",
     summary="Buy the item a checkout code holds",
@@ -48,7 +47,7 @@ PURCHASE_DOC = HotRouteDoc(
 
 
 class PurchaseController(Controller):
-    path = PURCHASE_ROUTE
+    path = "/purchase"
 
     # An `asgi` handler, the hot path (see notsale.api.raw).
     @asgi(copy_scope=False, opt={OPENAPI_OPT: PURCHASE_DOC})
@@ -81,18 +80,18 @@ class PurchaseController(Controller):
                     with contextlib.suppress(*REDIS_DOWN):
                         await services.reconciler.invalidate(sale_id)
                 raise
-            await send_body(send, PURCHASE_ROUTE, purchase_body(row))
+            await send_body(scope, send, purchase_body(row))
             return
         if decision.outcome in (ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED):
             # Redis does not know the purchase (its sale's keys expired, or it lost writes):
             # only PostgreSQL can say that none was made.
             stored = await queries.purchase_by_code(services.reads, raw)
             if stored is not None:
-                await send_body(send, PURCHASE_ROUTE, purchase_body(stored))
+                await send_body(scope, send, purchase_body(stored))
                 return
             if decision.outcome is ErrorCode.CODE_NOT_FOUND and await queries.code_was_issued(
                 services.reads, raw
             ):
-                await send_refusal(send, PURCHASE_ROUTE, ErrorCode.CODE_EXPIRED)
+                await send_refusal(scope, send, ErrorCode.CODE_EXPIRED)
                 return
-        await send_refusal(send, PURCHASE_ROUTE, decision.outcome)
+        await send_refusal(scope, send, decision.outcome)

@@ -47,12 +47,12 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_body(send: Send, route: str, body: Body) -> None:
-    metrics.outcome(route, "ok")
+async def send_body(scope: Scope, send: Send, body: Body) -> None:
+    metrics.hot_answer(scope, 200, "ok")
     await send_json(send, 200, ENCODER.encode(body))
 
 
-async def send_refusal(send: Send, route: str, code: ErrorCode) -> None:
-    """A refusal the handler decided; the raised ones are counted by api.errors."""
-    metrics.outcome(route, code)
+async def send_refusal(scope: Scope, send: Send, code: ErrorCode) -> None:
+    """A refusal the handler decided; the raised ones are recorded by api.errors."""
+    metrics.hot_answer(scope, STATUS[code], code)
     await send_json(send, STATUS[code], REFUSALS[code])
