@@ -78,7 +78,7 @@ WAITING = Gauge(
 REBUILDS = Counter("notsale_rebuilds", "Sales rebuilt in Redis from PostgreSQL")
 REJECTS = Counter("notsale_outbox_rejects", "Outbox entries set aside in outbox_rejects")
 
-# Off (NOTSALE_METRICS=0): the per-request and per-batch recording is skipped.
+# Off (NOTSALE_METRICS=0): no per-batch recording (and no `metered`, so none per request).
 enabled = True
 # Per-request and per-batch values are added up in plain dicts and handed to prometheus_client
 # (a lock and a memory-mapped write per value) this often, and before each scrape.
@@ -128,19 +128,18 @@ async def hand_over_every(seconds: float = HAND_OVER_S) -> None:
         hand_over()  # what the last moments recorded too
 
 
-def hot_answer(scope: Scope, status: int, outcome: str | None) -> None:
+def hot_answer(scope: Scope, status: int, outcome: str) -> None:
     """A hot route's answer, recorded where it is made (raw.py, api/errors.py): its status,
-    latency and outcome (ok or the error code; None for answers that are not one)."""
+    latency and outcome (ok or the error code)."""
     started = cast(float | None, scope.get(STARTED))
     if started is None:  # metrics are off
         return
     route = scope["path"]  # a hot route's path is its template
     _answered(route, status, time.perf_counter() - started)
-    if outcome is not None:
-        child = _outcomes.get((route, outcome))
-        if child is None:
-            child = _outcomes[route, outcome] = OUTCOMES.labels(route, outcome)
-        _count(child)
+    child = _outcomes.get((route, outcome))
+    if child is None:
+        child = _outcomes[route, outcome] = OUTCOMES.labels(route, outcome)
+    _count(child)
 
 
 def batch(ops: int, seconds: float) -> None:
