@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
-import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -194,7 +193,7 @@ def forget_dead_workers() -> None:
     if MULTIPROCESS_DIR is None:
         return
     for path in Path(MULTIPROCESS_DIR).glob("gauge_live*_*.db"):
-        pid = int(re.sub(r"\D", "", path.stem.rsplit("_", 1)[1]) or 0)
+        pid = int(path.stem.rsplit("_", 1)[1])  # gauge_livesum_<pid>
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

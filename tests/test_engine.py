@@ -29,7 +29,7 @@ async def test_sale_keys_expire_after_their_sale_closes(
         decision = await engine.checkout("amy", 1)
         await engine.checkout("bob", 2)  # a hold that stays, so every key of the sale exists
         await engine.purchase(decision.sale_id, decision.code)
-        window = sale_window(decision.sale_id, settings.sale_seconds, settings.sale_open_seconds)
+        window = sale_window(decision.sale_id, settings)
         expected_ms = window.closes_ms
         expected_ms += KEEP_AFTER_SALE_MS
         for key in sale_keys(decision.sale_id)[:5]:

@@ -52,7 +52,7 @@ async def test_an_old_sale_sells_until_sold_out_with_its_own_limit(
         assert held.status_code == 200, held.text
         body = held.json()
         assert body["sale_id"] == first and body["code"].endswith(str(first))
-        closes = sale_window(first, SALE_S, OPEN_S).closes_ms
+        closes = sale_window(first, settings).closes_ms
         assert body["expires_at"] == time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime(closes // 1000)
         )
@@ -101,7 +101,7 @@ async def test_a_sale_closes_at_its_deadline_and_future_sales_are_not_found(
         assert (await checkout(client, "dan", 1, sale=first)).status_code == 200
         assert_error(await checkout(client, "dan", 2, sale=first + 1), 404, "item_not_found")
         assert_error(await checkout(client, "dan", 2, sale="x"), 400, "invalid_request")
-        await asyncio.sleep(sale_window(first, SALE_S, OPEN_S).closes_ms / 1000 - time.time())
+        await asyncio.sleep(sale_window(first, settings).closes_ms / 1000 - time.time())
         await asyncio.sleep(0.1)
         assert_error(await checkout(client, "dan", 2, sale=first), 410, "sale_closed")
         listed = [s["sale_id"] for s in (await client.get("/sales")).json()["sales"]]

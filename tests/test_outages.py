@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
 from notsale.config import Settings
+from notsale.engine.clock import current_sale
 from notsale.store.migrations import migrate
 from tests.conftest import Throwaway, wait_for
 from tests.test_api import assert_error, checkout, purchase
@@ -48,6 +49,13 @@ async def test_postgres_outage_checkouts_go_on_purchases_503_then_everything_is_
         assert took < OUTAGE_ANSWER_S
         health = await client.get("/health")
         assert health.status_code == 503 and health.json()["postgres"] == "down"
+        # The buyers' reads that PostgreSQL answers (sales Redis does not hold): 503, bounded.
+        sale = held.json()["sale_id"]
+        for read in (f"/sales/{sale - 5}/items", "/sales"):
+            response, took = await timed(client.get(read))
+            assert_error(response, 503, "unavailable")
+            assert took < OUTAGE_ANSWER_S
+        assert (await client.get("/metrics")).status_code == 200
         await asyncio.to_thread(servers.services, "up")
 
         async def retried() -> int:
@@ -84,6 +92,17 @@ async def test_redis_outage_is_a_quick_503_and_the_service_heals_when_it_returns
         health = await client.get("/health")
         assert health.status_code == 503
         assert health.json() == {"status": "degraded", "redis": "down", "postgres": "ok"}
+        sale = current_sale(settings.sale_seconds)
+        for read in ("/sales", f"/sales/{sale}/items"):
+            response, took = await timed(client.get(read))
+            assert_error(response, 503, "unavailable")
+            assert took < OUTAGE_ANSWER_S
+        named = {"user_id": "dot", "id": "3", "sale_id": str(sale)}
+        response, took = await timed(client.post("/checkout", params=named))
+        assert_error(response, 503, "unavailable")
+        assert took < OUTAGE_ANSWER_S
+        metrics = (await client.get("/metrics")).text
+        assert "notsale_redis_up 0.0" in metrics
         # It comes back empty (no persistence): the sale is rebuilt from PostgreSQL.
         await asyncio.to_thread(servers.services, "up")
 
@@ -93,5 +112,6 @@ async def test_redis_outage_is_a_quick_503_and_the_service_heals_when_it_returns
         assert await wait_for(item_one, 409) == 409
         assert (await checkout(client, "dot", 2)).status_code == 200
         assert (await client.get("/health")).status_code == 200
-    outcomes = await db.fetch("SELECT outcome FROM checkout_attempts WHERE user_id = 'dot'")
-    assert "unavailable" in {r["outcome"] for r in outcomes}
+    rows = await db.fetch("SELECT outcome, item_id FROM checkout_attempts WHERE user_id = 'dot'")
+    # Both refused checkouts have their row, the one naming the sale included.
+    assert {("unavailable", 2), ("unavailable", 3)} <= {tuple(r) for r in rows}

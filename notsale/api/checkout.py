@@ -10,9 +10,9 @@ from notsale.api import params
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
-from notsale.api.sales import closes_ms, started_sale
+from notsale.api.sales import started_sale
 from notsale.catalog import image_url, item_name
-from notsale.engine.clock import current_sale, now_ms, rfc3339
+from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window
 from notsale.errors import ErrorCode, NotsaleError, Unavailable
 from notsale.services import Services, services_of
 
@@ -74,7 +74,7 @@ class CheckoutController(Controller):
                 named = started_sale(params.single(query, "sale_id"), services)
                 # Closed on this worker's clock: refused here, its row logged in the running
                 # sale's outbox. Until then, sale.lua decides on Redis' clock.
-                if closes_ms(services, named) <= now_ms():
+                if sale_window(named, services.settings).closes_ms <= now_ms():
                     raise NotsaleError(ErrorCode.SALE_CLOSED)
         except NotsaleError as exc:
             user_raw = ",".join(query.getall("user_id", []))

@@ -42,11 +42,6 @@ def started_sale(raw: str, services: Services) -> int:
     return sale_id
 
 
-def closes_ms(services: Services, sale_id: int) -> int:
-    s = services.settings
-    return sale_window(sale_id, s.sale_seconds, s.sale_open_seconds).closes_ms
-
-
 async def counts(
     services: Services, sale_ids: list[int], in_redis: Collection[int] | None = None
 ) -> dict[int, tuple[int, int]]:
@@ -64,7 +59,7 @@ async def counts(
 
 
 async def statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
-    if closes_ms(services, sale_id) > now_ms():
+    if sale_window(sale_id, services.settings).closes_ms > now_ms():
         found = await services.engine.read(sale_id, first, count)
         if found is not None:
             return [str(status) for status in found]
@@ -74,7 +69,7 @@ async def statuses(services: Services, sale_id: int, first: int, count: int) -> 
 
 def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBody:
     s = services.settings
-    window = sale_window(sale_id, s.sale_seconds, s.sale_open_seconds)
+    window = sale_window(sale_id, s)
     return SaleBody(
         sale_id=sale_id,
         starts_at=rfc3339(window.starts_ms),
@@ -89,7 +84,7 @@ def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBod
 
 async def open_sales(services: Services) -> SalesBody:
     s = services.settings
-    sale_ids = list(unclosed_sales(s.sale_seconds, s.sale_open_seconds))
+    sale_ids = list(unclosed_sales(s))
     # Of up to a week of hourly sales, Redis holds those that saw a checkout: one call for
     # which, one per such sale, and one PostgreSQL query for the rest.
     in_redis = {*await services.engine.registered(), *sale_ids[:1]}
@@ -98,7 +93,7 @@ async def open_sales(services: Services) -> SalesBody:
         [
             OpenSaleBody(
                 **msgspec.structs.asdict(sale_body(services, sale, *found[sale])),
-                closes_at=rfc3339(closes_ms(services, sale)),
+                closes_at=rfc3339(sale_window(sale, s).closes_ms),
             )
             for sale in sale_ids
             if found[sale][0] < s.sale_size  # sold out: closed

@@ -5,8 +5,12 @@ its own start."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from notsale.config import Settings
 
 
 class SaleWindow(msgspec.Struct, frozen=True):
@@ -20,10 +24,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def sale_window(sale_id: int, sale_seconds: int, open_seconds: int) -> SaleWindow:
-    sale_ms = sale_seconds * 1000
+def sale_window(sale_id: int, settings: Settings) -> SaleWindow:
+    sale_ms = settings.sale_seconds * 1000
     starts = sale_id * sale_ms
-    return SaleWindow(sale_id, starts, starts + sale_ms, starts + open_seconds * 1000)
+    return SaleWindow(sale_id, starts, starts + sale_ms, starts + settings.sale_open_seconds * 1000)
 
 
 def current_sale(sale_seconds: int, at_ms: int | None = None) -> int:
@@ -31,13 +35,14 @@ def current_sale(sale_seconds: int, at_ms: int | None = None) -> int:
     return (now_ms() if at_ms is None else at_ms) // (sale_seconds * 1000)
 
 
-def unclosed_sales(sale_seconds: int, open_seconds: int, at_ms: int | None = None) -> range:
+def unclosed_sales(settings: Settings, at_ms: int | None = None) -> range:
     """The sales started by `at_ms` whose open time is not over, newest first (some of them
     may have sold out)."""
     at = now_ms() if at_ms is None else at_ms
-    running = current_sale(sale_seconds, at)
+    running = current_sale(settings.sale_seconds, at)
     # Sale N is open while N * sale_ms + open_ms > at.
-    oldest = max(0, (at - open_seconds * 1000) // (sale_seconds * 1000) + 1)
+    open_ms, sale_ms = settings.sale_open_seconds * 1000, settings.sale_seconds * 1000
+    oldest = max(0, (at - open_ms) // sale_ms + 1)
     return range(running, oldest - 1, -1)
 
 

@@ -323,10 +323,9 @@ class Flusher:
     async def _clean_up(self, running: int) -> None:
         """Delete the streams of closed sales that hold nothing unwritten, and forget them;
         drop consumers (workers gone) with nothing pending from the streams that remain."""
-        s = self._settings
         for sale in sorted(self._registered):
             key = sale_keys(sale).outbox
-            closes = sale_window(sale, s.sale_seconds, s.sale_open_seconds).closes_ms
+            closes = sale_window(sale, self._settings).closes_ms
             # Nothing is logged in a sale's outbox once it closed (sale.lua refuses on Redis'
             # clock; past the grace, workers log refusals in the running sale's outbox).
             if sale < running - 1 and closes + ENDED_GRACE_MS < now_ms():

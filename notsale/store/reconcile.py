@@ -21,7 +21,7 @@ import msgspec
 from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import SaleWindow, now_ms, sale_window
+from notsale.engine.clock import now_ms, sale_window
 from notsale.engine.keys import sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
 from notsale.errors import Store, Unavailable
@@ -89,13 +89,9 @@ class Reconciler:
 
     async def mark_ahead(self, sale_id: int, server: str) -> bool:
         """Mark a sale that has not started yet ready (see ahead.lua); False once it has."""
-        window = self._window(sale_id)
+        window = sale_window(sale_id, self._settings)
         args: list[int | str] = [window.starts_ms, server, window.closes_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
-
-    def _window(self, sale_id: int) -> SaleWindow:
-        s = self._settings
-        return sale_window(sale_id, s.sale_seconds, s.sale_open_seconds)
 
     async def invalidate(self, sale_id: int) -> None:
         """Make the next checkout of the sale rebuild it (PostgreSQL refused what Redis
@@ -139,7 +135,7 @@ class Reconciler:
         for r in rows:
             highest[r["user_id"]] = max(highest.get(r["user_id"], 0), r["user_seq"])
         ops += [["u", user, n] for user, n in highest.items()]
-        expires = self._window(sale_id).closes_ms + KEEP_AFTER_SALE_MS
+        expires = sale_window(sale_id, self._settings).closes_ms + KEEP_AFTER_SALE_MS
         if len(rows) >= self._settings.sale_size:  # sold out: closed now
             expires = now_ms() + KEEP_AFTER_SALE_MS
         restored = 0
