@@ -23,15 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 
 from bench.probe import probe
 from bench.probe import summary as probe_summary
-from notsale.config import Settings
+from notsale.config import Settings, redis_cluster
 from notsale.engine.client import connect
 from notsale.store.migrations import migrate, with_path
+from tests.rediscluster import RedisCluster, cli
 
 REPO = Path(__file__).resolve().parents[1]
 WRK = REPO / "bench" / "wrk"
@@ -174,6 +176,7 @@ def wrk(url: str, seconds: int, script: str | None = None, *args: str) -> dict[s
     rps, count = WRK_LINE.search(out), WRK_COUNT.search(out)
     lat = {p: float(v) * UNIT_MS[u] for p, v, u in LATENCY.findall(out)}
     return {
+        "seconds": float(seconds),
         "rps": float(rps[1]) if rps else 0.0,
         "p50": lat.get("50", 0),
         "p99": lat.get("99", 0),
@@ -217,6 +220,58 @@ def ab(setting: str, pairs: int, run: Callable[[dict[str, str]], dict[str, float
     return 0
 
 
+def redis_ports(redis_url: str) -> list[int]:
+    cluster = redis_cluster(redis_url)
+    if cluster is not None:
+        return [port for _, port in cluster.nodes]
+    return [urlsplit(redis_url).port or 6379]
+
+
+def redis_stats(ports: list[int]) -> tuple[float, int, float]:
+    """CPU seconds the Redis servers on `ports` have used, and their EVALSHA calls and
+    microseconds in them (INFO commandstats: sale.lua runs, mostly)."""
+    cpu, calls, usec = 0.0, 0, 0.0
+    for port in ports:
+        info = dict(
+            line.split(":", 1) for line in cli(port, "info", "all").splitlines() if ":" in line
+        )
+        cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        evalsha = dict(
+            pair.split("=") for pair in info.get("cmdstat_evalsha", "calls=0,usec=0").split(",")
+        )
+        calls += int(evalsha["calls"])
+        usec += float(evalsha["usec"])
+    return cpu, calls, usec
+
+
+def on_cluster(rounds: int, run: Callable[[dict[str, str]], dict[str, float]]) -> int:
+    """Paired checkout runs on the single Redis and on a private 3-master cluster (3
+    replicas), with what each Redis spent: CPU per request, and sale.lua runs."""
+    with RedisCluster() as cluster:
+        # Replicas and a cluster's bus take CPU too: all six nodes are counted.
+        nodes = [node.port for node in cluster.nodes]
+
+        def measured(extra: dict[str, str]) -> dict[str, float]:
+            if extra:
+                cluster.flush()
+            ports = nodes if extra else redis_ports(Settings.from_env().redis_url)
+            before = redis_stats(ports)
+            got = run(extra)
+            cpu, calls, usec = (a - b for a, b in zip(redis_stats(ports), before, strict=True))
+            print(
+                f"{'cluster' if extra else 'single '}: {got['rps']:.0f} req/s,"
+                f" p99 {got['p99']:.1f} ms, worker CPU {got['cpu_us']:.0f} µs/request, Redis CPU"
+                f" {cpu / got['requests'] * 1e6:.1f} µs/request; {calls / got['seconds']:.0f}"
+                f" sale.lua runs/s of {got['requests'] / max(calls, 1):.1f} ops,"
+                f" {usec / max(calls, 1):.0f} µs each in Redis"
+                f" ({usec / got['requests']:.1f} µs per op)",
+                flush=True,
+            )
+            return got
+
+        return ab(f"NOTSALE_REDIS_URL={cluster.url}", rounds, measured)
+
+
 def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -> int:
     """Checkout load until `total` requests were answered; worker RSS after every 30 s."""
     database_url, redis_url = fresh_stores(base)
@@ -255,6 +310,12 @@ def main() -> int:
         metavar="VAR=VALUE",
         help="instead: --repeat pairs of checkout runs, as served and with this setting,"
         " alternating which goes first; prints the median of the pairs' ratios",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead: --repeat pairs of checkout runs on the configured Redis and on a"
+        " private 3-master Redis Cluster, with each one's Redis CPU and sale.lua runs",
     )
     parser.add_argument(
         "--soak",
@@ -333,6 +394,10 @@ def main() -> int:
                 got["drain"] = attempts_drain_s(env["NOTSALE_DATABASE_URL"], got["requests"])
         return got
 
+    if opts.cluster:
+        return on_cluster(
+            opts.repeat, lambda extra: notsale_run(CHECKOUT, "checkout.lua", (), extra)
+        )
     if opts.ab:
         return ab(
             opts.ab, opts.repeat, lambda extra: notsale_run(CHECKOUT, "checkout.lua", (), extra)

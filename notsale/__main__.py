@@ -66,9 +66,30 @@ def metrics_directory(settings: Settings) -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def check_cluster(settings: Settings) -> None:
+    """A Redis Cluster client must learn the cluster's layout before its first command, so a
+    worker cannot start without one node answering: say so in one line instead of letting
+    every worker die at start. (A single Redis down at start is answered with 503.)"""
+    from notsale.config import redis_cluster
+    from notsale.engine.client import REDIS_DOWN, connect
+
+    if redis_cluster(settings.redis_url) is None:
+        return
+
+    async def reach() -> None:
+        async with connect(settings.redis_url):
+            pass
+
+    try:
+        asyncio.run(reach())
+    except (*REDIS_DOWN, ExceptionGroup) as exc:
+        raise SystemExit(f"notsale: cannot reach the Redis Cluster: {exc}") from None
+
+
 def serve(settings: Settings) -> None:
     with metrics_directory(settings):
         run_migrations(settings)
+        check_cluster(settings)
         serve_until_stopped(settings)
 
 
@@ -116,6 +137,7 @@ def granian(settings: Settings) -> Any:
 async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
     from notsale.engine.client import connect, server_id
     from notsale.engine.clock import current_sale
+    from notsale.engine.keys import sale_keys
     from notsale.store.pool import create_pool
     from notsale.store.reconcile import Reconciler
 
@@ -125,7 +147,9 @@ async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int
         async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
             if not check:
-                restored = await reconciler.rebuild(sale, await server_id(redis))
+                restored = await reconciler.rebuild(
+                    sale, await server_id(redis, sale_keys(sale).ready)
+                )
                 print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
             found = await reconciler.differences(sale)
     finally:

@@ -85,9 +85,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             try:
                 # Before the first request: know which Redis answers, rebuild the running
                 # sale if Redis lost it, and mark the next one ready.
-                server = await watch.check()
+                await watch.check()
                 await warn_on_eviction(engine)
-                await reconciler.ensure_ready(current_sale(settings.sale_seconds), server)
+                running = current_sale(settings.sale_seconds)
+                await reconciler.ensure_ready(running, await engine.server(running))
             except (NotsaleError, *REDIS_DOWN) as exc:
                 log.warning(
                     "sale not prepared at start; the first checkout will retry",

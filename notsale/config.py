@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Literal, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -19,9 +19,10 @@ DIGITS = re.compile(r"[0-9]{1,18}")
 BOOLEANS = ("1", "0", "true", "false")
 OPEN_SALES_MAX = 1000
 URL_SCHEMES = {
-    "redis_url": ("redis", "rediss", "unix"),
+    "redis_url": ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
     "database_url": ("postgresql", "postgres"),
 }
+REDIS_PORT = 6379
 
 
 class SettingsError(ValueError):
@@ -76,7 +77,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f" {self.sale_open_seconds} with sales of {self.sale_seconds} s"
             )
         for name, schemes in URL_SCHEMES.items():
-            check_url(f"{ENV_PREFIX}{name.upper()}", getattr(self, name), schemes)
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            if name != "redis_url" or redis_cluster(self.redis_url, variable) is None:
+                check_url(variable, getattr(self, name), schemes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +127,43 @@ def check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
         raise SettingsError(f"{variable} names no host: {url!r}")
     if port == 0:
         raise SettingsError(f"{variable} has port 0: {url!r}")
+
+
+class ClusterURL(NamedTuple):
+    nodes: list[tuple[str, int]]  # where to learn the cluster's layout: any node will do
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def redis_cluster(url: str, variable: str = ENV_PREFIX + "REDIS_URL") -> ClusterURL | None:
+    """The Redis Cluster a URL names, or None for a single Redis: `redis+cluster://` (or
+    `rediss+cluster://`, with TLS) followed by `[user:password@]host[:port][,host[:port]…]`,
+    or a `redis://` or `rediss://` URL listing more than one node."""
+    scheme, sep, rest = url.partition("://")
+    tls = scheme.startswith("rediss")
+    if not sep or scheme not in ("redis+cluster", "rediss+cluster", "redis", "rediss"):
+        return None
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    if "+cluster" not in scheme and "," not in hosts:
+        return None
+    if path.strip("/") not in ("", "0") or "?" in url or "#" in url:
+        raise SettingsError(
+            f"{variable}: a Redis Cluster has only database 0 and takes no options: {url!r}"
+        )
+    nodes = []
+    for node in hosts.split(","):
+        try:
+            parts = urlsplit(f"redis://{node}")
+            host, port = parts.hostname, parts.port or REDIS_PORT
+        except ValueError:
+            host = None
+        if not host or port == 0 or parts.username is not None:
+            raise SettingsError(f"{variable}: {node!r} is not a host[:port] of a cluster node")
+        nodes.append((host, port))
+    username, _, password = userinfo.partition(":")
+    return ClusterURL(nodes, unquote(username) or None, unquote(password) or None, tls)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

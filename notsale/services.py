@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
-import coredis
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.types import Scope
 
 from notsale.config import Settings
+from notsale.engine.client import Client
 from notsale.engine.sale import SaleEngine
 from notsale.store.flusher import Flusher
 from notsale.store.reconcile import Reconciler
@@ -53,7 +53,7 @@ class Recent:
 @dataclass
 class Services:
     settings: Settings
-    redis: coredis.Redis[str]
+    redis: Client
     engine: SaleEngine
     pool: asyncpg.Pool  # the writers' (group commit, flusher, rebuilds)
     reads: asyncpg.Pool  # the reads' (store/queries.py)

@@ -178,7 +178,8 @@ async def serve(
     """Starts servers with the given settings overrides; stops them after the test."""
     started: list[Server] = []
 
-    async def start(**overrides: Any) -> Server:
+    async def start(*, on: tuple[str, ...] = (), **overrides: Any) -> Server:
+        """`on`: what runs the server's command elsewhere (`ip netns exec <ns>`, say)."""
         settings = make_settings(port=free_port(), **overrides)
         env = {
             **os.environ,
@@ -188,7 +189,7 @@ async def serve(
             },
         }
         log_path = str(tmp_path / f"server-{len(started)}.log")
-        process = spawn_server(env, log_path)
+        process = spawn_server(env, log_path, [*on, sys.executable, "-m", "notsale", "serve"])
         server = Server(process, f"http://{settings.host}:{settings.port}", log_path)
         started.append(server)
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S

@@ -29,15 +29,17 @@ def _reset(sock: socket.socket, *_: object) -> None:
 
 
 class FaultProxy:
-    """Forwards connections on 127.0.0.1:`port` to a target; faults are switched at any time.
+    """Forwards connections on `listen`:`port` (127.0.0.1 unless told) to a target; faults
+    are switched at any time.
 
     The proxy runs its own event loop in a daemon thread, so it keeps forwarding while the
     caller's thread or loop is blocked. Control methods are thread-safe and return once the
     change is in effect.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, listen: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
+        self.listen = listen
         self.port = 0
         self.connections = 0  # accepted, including refused ones
         self.bytes_up = 0  # client -> target, counted as handed to the target
@@ -56,7 +58,7 @@ class FaultProxy:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.listen}:{self.port}"
 
     # Lifecycle
 
@@ -65,7 +67,7 @@ class FaultProxy:
             raise RuntimeError("FaultProxy already started")
         # Resolved once here so connecting upstream never needs the loop's executor threads.
         self._addrs = socket.getaddrinfo(*self.target, type=socket.SOCK_STREAM)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((self.listen, 0))
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         self._changed = asyncio.Event()  # a fresh one: an Event binds to the loop that used it

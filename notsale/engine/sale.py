@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import coredis
 import msgspec
 
 from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.batch import Batcher
-from notsale.engine.client import REDIS_DOWN, server_id
+from notsale.engine.client import REDIS_DOWN, Client, server_id
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.errors import ErrorCode, Store, Unavailable
+
+log = logging.getLogger(__name__)
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -29,6 +31,8 @@ KEEP_AFTER_SALE_MS = 3_600_000
 
 # A checkout may meet a sale rollover and an unready sale before it is decided.
 CHECKOUT_TRIES = 3
+# Server ids a worker keeps (one per sale it decided in lately).
+SERVERS_KEPT = 256
 
 
 class CheckoutDecision(msgspec.Struct, frozen=True):
@@ -51,7 +55,7 @@ class SaleEngine:
 
     def __init__(
         self,
-        redis: coredis.Redis[str],
+        redis: Client,
         settings: Settings,
         prepare: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
@@ -66,28 +70,48 @@ class SaleEngine:
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
         self._requests = itertools.count(1)
-        # The Redis server id (run_id) this worker believes it talks to (see watch.py).
-        self.server: str | None = None
-        # Set by a failed call: the next decision asks Redis who it is first (a restart or a
+        # The Redis server id (run_id) this worker believes holds each sale (see watch.py; on a
+        # cluster, the master of the sale's slot), and the sales asked since the last failed
+        # call: after one, the next decision asks Redis who it is first (a restart or a
         # failover breaks connections), so a rolled-back Redis is rarely trusted even once.
-        self._verify = False
+        self._servers: dict[int, str] = {}
+        self._verified: set[int] = set()
+        self._announced = ""
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
 
     def new_request_id(self) -> str:
         return f"{self._request_prefix}.{next(self._requests)}"
 
-    async def refresh_server(self) -> str:
-        """Ask Redis who it is. Another process now (restart, failover) may hold less than
-        this worker saw: sales are then ready only once marked under the new id, and the
-        outbox registry, which may have lost this worker's entries, is written again."""
+    async def server(self, sale_id: int) -> str:
+        """The id of the Redis server that holds the sale, as last asked."""
+        if sale_id in self._verified:
+            return self._servers[sale_id]
+        return await self.refresh_server(sale_id)
+
+    async def refresh_server(self, sale_id: int) -> str:
+        """Ask Redis who holds the sale. Another process now (restart, failover) may hold less
+        than this worker saw: the sale is then ready only once marked under the new id, and
+        the outbox registry, which may have lost this worker's entries, is written again."""
         try:
-            server = await server_id(self.redis)
+            server = await server_id(self.redis, sale_keys(sale_id).ready)
         except REDIS_DOWN as exc:
+            self._verified.clear()
             raise Unavailable(Store.REDIS) from exc
-        if server != self.server:
-            self.server = server
+        known = self._servers.get(sale_id)
+        if server != known:
+            if known is not None and server != self._announced:
+                self._announced = server  # once per new server, not once per sale
+                log.warning(
+                    "Redis is another server now (restart or failover): the sale is rebuilt"
+                    " from PostgreSQL before deciding again",
+                    extra={"sale_id": sale_id, "was": known, "now": server},
+                )
+            if len(self._servers) >= SERVERS_KEPT:
+                self._servers.clear()
+                self._verified.clear()
+            self._servers[sale_id] = server
             self._registered.clear()
-        self._verify = False
+        self._verified.add(sale_id)
         return server
 
     async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
@@ -95,7 +119,7 @@ class SaleEngine:
         try:
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
-            self._verify = True
+            self._verified.clear()
             raise Unavailable(Store.REDIS) from exc
 
     def head(self, sale_id: int, server: str) -> list[int | str]:
@@ -107,9 +131,7 @@ class SaleEngine:
 
     async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
-        server = self.server
-        if server is None or self._verify:
-            server = await self.refresh_server()
+        server = await self.server(sale_id)
         if sale_id not in self._registered:
             # Before the sale's first entry: the flushers find every outbox in the registry.
             try:
@@ -147,7 +169,7 @@ class SaleEngine:
             elif reply[0] == "unready":
                 if self._prepare is None:
                     break
-                await self._prepare(sale_id, await self.refresh_server())
+                await self._prepare(sale_id, await self.refresh_server(sale_id))
             elif reply[0] == "backlog":
                 raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
             else:
@@ -172,10 +194,11 @@ class SaleEngine:
         sale: PostgreSQL answers them instead)."""
         keys = sale_keys(sale_id)
         keys4 = [keys.hold, keys.hexp, keys.sold, keys.ready]
-        reply = await self._run(self._stats, keys4, [first, self.server or "", count])
-        if reply == ["unready"] and (self.server is None or self._verify):
+        verified = sale_id in self._verified
+        reply = await self._run(self._stats, keys4, [first, self._servers.get(sale_id, ""), count])
+        if reply == ["unready"] and not verified:
             # This worker may not know the server it talks to yet: ask, then read once more.
-            server = await self.refresh_server()
+            server = await self.refresh_server(sale_id)
             reply = await self._run(self._stats, keys4, [first, server, count])
         return None if reply == ["unready"] else reply
 

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 
+import coredis
+
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import current_sale
@@ -48,19 +50,16 @@ class Watch:
                 await self._task
             self._task = None
 
-    async def check(self) -> str:
-        """Learn Redis' server id (a new one makes every sale rebuild before deciding again)
-        and mark the next sale ready before it starts, so that it opens without PostgreSQL."""
-        known = self._engine.server
-        server = await self._engine.refresh_server()
-        if known is not None and server != known:
-            log.warning(
-                "Redis is another server now (restart or failover): sales are rebuilt from"
-                " PostgreSQL before deciding again",
-                extra={"was": known, "now": server},
-            )
-        await self._reconciler.mark_ahead(current_sale(self._settings.sale_seconds) + 1, server)
-        return server
+    async def check(self) -> None:
+        """Learn the server id of the Redis that holds the running sale (a new one makes the
+        sale rebuild before deciding again), and mark the next sale ready before it starts
+        (under its own server's id: on a cluster, another master's), so that it opens
+        without PostgreSQL."""
+        running = current_sale(self._settings.sale_seconds)
+        await self._engine.refresh_server(running)
+        await self._reconciler.mark_ahead(
+            running + 1, await self._engine.refresh_server(running + 1)
+        )
 
     async def _run(self) -> None:
         while True:
@@ -72,6 +71,10 @@ class Watch:
 async def warn_on_eviction(engine: SaleEngine) -> None:
     """Say loudly at start when Redis may evict sale keys (they carry TTLs, so even volatile-*
     policies take them) or the outbox: evicted decisions are lost decisions."""
+    if isinstance(engine.redis, coredis.RedisCluster):
+        # CONFIG GET names no key, so a cluster client cannot route it to a master.
+        log.info("on a Redis Cluster, set maxmemory-policy noeviction on every master")
+        return
     try:
         config = await engine.redis.config_get(["maxmemory-policy", "maxmemory"])
     except REDIS_DOWN as exc:

@@ -30,7 +30,7 @@ from coredis.response.types import StreamPendingExt
 
 from notsale import metrics, outbox
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN
+from notsale.engine.client import REDIS_DOWN, Client
 from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
@@ -73,6 +73,15 @@ RETRY_DELAY_S = 0.5
 # On shutdown, keep draining the outbox this long at most (granian waits for the lifespan).
 DRAIN_TIMEOUT_S = 5.0
 
+# Written entries are acknowledged and deleted in one step: an entry acknowledged and left in
+# its stream (a reply lost between two commands) would never be read again, and would keep
+# the stream from ever being empty, and so from being cleaned up. One stream per call, so
+# that it runs on a cluster too.
+ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
 # NOGROUP, or "the stream key no longer exists" while blocked: the stream vanished (Redis
 # restarted empty, keys flushed, the stream cleaned up); its group is made anew if needed.
 STREAM_GONE = (coredis.exceptions.StreamConsumerGroupError, coredis.exceptions.UnblockedError)
@@ -100,7 +109,7 @@ def consumer_name() -> str:
 class Flusher:
     def __init__(
         self,
-        redis: coredis.Redis[str],
+        redis: Client,
         pool: asyncpg.Pool,
         settings: Settings,
         *,
@@ -111,6 +120,7 @@ class Flusher:
         and the running sale and the one before); `claim_idle_ms` 0 takes over every pending
         entry (reconcile)."""
         self._redis = redis
+        self._ack = redis.register_script(ACK)
         self._pool = pool
         self._settings = settings
         self._sale_ids = sale_ids
@@ -180,7 +190,9 @@ class Flusher:
         if loop.time() >= self._next_cleanup:
             self._next_cleanup = loop.time() + CLEANUP_EVERY_S
             await self._clean_up(sale)
-        return {s: sale_keys(s).outbox for s in sorted(self._registered | {sale - 1, sale})}
+        # The running sale last: on a cluster, reads wait on its stream only (see _read).
+        sales = [*sorted((self._registered | {sale - 1}) - {sale}), sale]
+        return {s: sale_keys(s).outbox for s in sales}
 
     async def flush_once(self, block_ms: int = BLOCK_MS) -> int:
         """Read one batch, commit it, acknowledge it. Returns how many entries it wrote."""
@@ -239,10 +251,9 @@ class Flusher:
         return entries
 
     async def _acknowledge(self, done: dict[str, list[str]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, ids in done.items():
-                pipe.xack(key, GROUP, ids)
-                pipe.xdel(key, ids)
+        await asyncio.gather(
+            *(self._ack(keys=[key], args=[GROUP, *ids]) for key, ids in done.items())
+        )
 
     async def _write(
         self, conn: asyncpg.Connection, logged: list[Logged], rejects: list[RejectRow]
@@ -263,6 +274,18 @@ class Flusher:
                 rejects.append(reject(e.stream, e.entry_id, e.fields, why))
 
     async def _read(self, keys: Iterable[str], start: str, block_ms: int | None) -> Any:
+        keys = list(keys)
+        if not isinstance(self._redis, coredis.RedisCluster):
+            return await self._read_slot(keys, start, block_ms)
+        # A cluster command touches one slot, and every sale has its own: each sale's stream
+        # is read on its own, and only the last one's (the running sale's) is waited on.
+        replies = await asyncio.gather(*(self._read_slot([k], start, None) for k in keys))
+        read = {key: entries for reply in replies for key, entries in (reply or {}).items()}
+        if not read and block_ms is not None:
+            return await self._read_slot(keys[-1:], start, block_ms)
+        return read
+
+    async def _read_slot(self, keys: list[str], start: str, block_ms: int | None) -> Any:
         return await self._redis.xreadgroup(
             GROUP,
             self.consumer,

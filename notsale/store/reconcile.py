@@ -20,7 +20,7 @@ import msgspec
 
 from notsale import metrics
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN
+from notsale.engine.client import REDIS_DOWN, Client
 from notsale.engine.clock import now_ms, sale_window
 from notsale.engine.keys import sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
@@ -44,7 +44,7 @@ class Difference(msgspec.Struct, frozen=True):
 
 
 class Reconciler:
-    def __init__(self, redis: coredis.Redis[str], pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, redis: Client, pool: asyncpg.Pool, settings: Settings) -> None:
         self._redis = redis
         self._pool = pool
         self._settings = settings

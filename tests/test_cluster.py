@@ -1,0 +1,278 @@
+"""Redis Cluster and several service hosts: notsale servers, each on a host of its own (a
+network namespace with its own address where this machine allows it, see tests/hosts.py),
+share a private 3-master, 3-replica cluster (tests/rediscluster.py) and one PostgreSQL
+database. `pytest -s` prints which kind of hosts ran, and what each fault cost."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from notsale.engine.clock import current_sale
+from notsale.engine.keys import sale_keys
+from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
+from tests.conftest import Stores
+from tests.faultproxy import FaultProxy, through
+from tests.hosts import Hosts
+from tests.nemesis import Checkout, Crowd, Report, check, read_rows, wait_drained
+from tests.rediscluster import RedisCluster, cli
+from tests.redisserver import RedisServer
+from tests.test_stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
+
+HOSTS = 2
+SALE_SECONDS = 3600
+# The faults' runs: a sale large enough to be still selling when the fault strikes.
+RUN_S = 12.0
+FAULT_AT_S = 4.0
+BUYERS_PER_SERVER = 30
+SALE_SIZE = 3000
+LIMIT = 5
+# After a fault, clients get 503 for at most this long (a failover takes ~2-3 s here).
+UNAVAILABLE_FOR_AT_MOST_S = 10.0
+# How far behind its master the replica is held before the master is killed.
+LAG_S = 1.0
+# The doomed host's flusher is stuck this long before the kill: it holds a batch by then.
+STALL_BEFORE_KILL_S = 1.0
+# A killed host's entries are claimed by the others once idle this long (see flusher.py).
+DRAIN_S = CLAIM_IDLE_MS / 1000 + 2 * CLAIM_EVERY_S + 15
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    with Hosts(HOSTS) as made:
+        print(f"\n{made.describe()}")
+        yield made
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts: Hosts) -> Iterator[RedisCluster]:
+    """Torn down whatever happens (the context manager kills every node)."""
+    with RedisCluster(announce=hosts.gateway) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def database_url(hosts: Hosts, stores: Stores) -> Iterator[str]:
+    """The run's database as the hosts reach it: through a proxy at the gateway when they
+    are in namespaces of their own (PostgreSQL listens on loopback only)."""
+    pg = urlsplit(stores.database_url)
+    if not hosts.isolated:
+        yield stores.database_url
+        return
+    with FaultProxy(pg.hostname or "127.0.0.1", pg.port or 5432, listen=hosts.gateway) as proxy:
+        yield through(stores.database_url, proxy)
+
+
+@pytest.fixture
+def fresh(cluster: RedisCluster, db: asyncpg.Connection) -> RedisCluster:
+    """The cluster emptied and whole again (a node a test killed is back, as a replica)."""
+    for node in cluster.nodes:
+        if node.process is None:
+            node.start()
+    cluster.wait_ok()
+    cluster.flush()
+    return cluster
+
+
+class Servers:
+    """Starts notsale servers, one worker each, one per host, all on the same stores."""
+
+    def __init__(
+        self, serve: Callable[..., Any], hosts: Hosts, cluster: RedisCluster, database_url: str
+    ) -> None:
+        self._serve, self._hosts, self._cluster = serve, hosts, cluster
+        self._database_url = database_url
+
+    async def start(self, host: int, **settings: Any) -> Any:
+        values = {"redis_url": self._cluster.url, "database_url": self._database_url, **settings}
+        return await self._serve(
+            on=self._hosts.command(host), host=self._hosts.address(host), workers=1, **values
+        )
+
+    async def all(self, **settings: Any) -> list[Any]:
+        return [await self.start(host, **settings) for host in range(HOSTS)]
+
+
+@pytest.fixture
+def servers(
+    serve: Callable[..., Any], hosts: Hosts, fresh: RedisCluster, database_url: str
+) -> Servers:
+    return Servers(serve, hosts, fresh, database_url)
+
+
+async def test_cluster_urls_make_notsale_use_the_cluster(
+    servers: Servers, fresh: RedisCluster
+) -> None:
+    server = await servers.start(0, sale_size=20)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        assert (await http.get("/health")).json()["status"] == "ok"
+        code = (await http.post("/checkout", params={"user_id": "ann", "id": 3})).json()["code"]
+        assert (await http.post("/purchase", params={"code": code})).status_code == 200
+        listed = (await http.get("/sales")).json()["sales"][0]  # the newest first
+        sale = listed["sale_id"]
+        assert (listed["sold"], (await http.get("/sales/current")).json()["sold"]) == (1, 1)
+        items = (await http.get(f"/sales/{sale}/items", params={"from": 1, "count": 5})).json()
+        assert [i["status"] for i in items["items"]][2] == "sold"
+        assert "notsale_redis_up 1.0" in (await http.get("/metrics")).text
+    # Every key of the sale lives on the master of its hash tag's slot.
+    keys = sale_keys(sale)
+    owner = fresh.owner(keys.sold)
+    assert cli(owner.port, "hget", keys.sold, "3").strip() == "ann"
+    assert {fresh.owner(key).port for key in keys} == {owner.port}
+
+
+async def test_two_hosts_on_a_cluster_sell_exactly_the_stock(
+    servers: Servers, db: asyncpg.Connection
+) -> None:
+    (one, other) = await servers.all(sale_size=30, user_limit=USER_LIMIT)
+    tally = Tally()
+    await asyncio.gather(
+        crowd(one, range(0, 125), tally, seed=1),
+        crowd(other, range(125, 250), tally, seed=2),
+    )
+    async with httpx.AsyncClient(base_url=other.base_url) as http:
+        current = (await http.get("/sales/current")).json()
+    await assert_sold_exactly_once_within_limits(db, tally, current)
+
+
+async def crowds_with_a_fault(
+    servers: list[Any], fault: Callable[[], Any], cluster: RedisCluster, database_url: str
+) -> tuple[Report, list[str], list[Checkout]]:
+    """A nemesis-style crowd at each server for RUN_S (buyers who never try a pair twice, so
+    every row matches its request); `fault` strikes at FAULT_AT_S. Once the outboxes are
+    written, PostgreSQL is checked against every answer: returns the report, the violations
+    and the checkouts as the clients saw them."""
+    deadline = time.monotonic() + RUN_S
+    crowds = [
+        Crowd(s.base_url, SALE_SIZE, seed=n, deadline=deadline, prefix=f"h{n}b")
+        for n, s in enumerate(servers)
+    ]
+
+    async def strike() -> None:
+        await asyncio.sleep(FAULT_AT_S)
+        await asyncio.to_thread(fault)
+
+    await asyncio.gather(*(c.run(BUYERS_PER_SERVER) for c in crowds), strike())
+    report = Report(
+        seed=0,
+        seconds=RUN_S,
+        workers=len(servers),
+        buyers=BUYERS_PER_SERVER * len(servers),
+        sale_size=SALE_SIZE,
+        user_limit=LIMIT,
+        sale_id=current_sale(SALE_SECONDS),
+    )
+    checkouts = [c for one in crowds for c in one.checkouts]
+    purchases = [p for one in crowds for p in one.purchases]
+    assert await wait_drained(cluster.url, DRAIN_S) == 0
+    attempts, stored, report.rejects = await read_rows(database_url)
+    return report, check(report, checkouts, purchases, attempts, stored), checkouts
+
+
+async def logs_of(server: Any) -> str:
+    return await asyncio.to_thread(Path(server.log_path).read_text, errors="replace")
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def unavailable_window(checkouts: list[Checkout], after_s: float) -> float:
+    """How long, from the fault, clients kept getting 503 or no answer."""
+    failed = [
+        c.sent_s + c.took_s
+        for c in checkouts
+        if c.sent_s + c.took_s >= after_s and (c.status is None or c.status == 503)
+    ]
+    return max(failed, default=after_s) - after_s
+
+
+def kill_behind_lag(cluster: RedisCluster, master: RedisServer) -> None:
+    """Holds back, for LAG_S, what the master sends its replica (iptables drops it), then
+    SIGKILLs the master: the replica that takes over misses those writes. The rule stays
+    until the replica took over: the dead master's kernel would still deliver what it had
+    queued."""
+    host, port = cluster.replication_link(master)
+    rule = ["OUTPUT", "-p", "tcp", "--sport", str(master.port), "-d", host, "--dport", str(port)]
+    subprocess.run(["iptables", "-I", *rule, "-j", "DROP"], check=True, timeout=10)
+    try:
+        time.sleep(LAG_S)
+        master.kill()
+        cluster.wait_ok()
+    finally:
+        subprocess.run(["iptables", "-D", *rule, "-j", "DROP"], check=True, timeout=10)
+
+
+@pytest.mark.parametrize("lag", [False, True], ids=["replica in sync", "replica behind"])
+async def test_killing_the_sale_slots_master_mid_stampede(
+    servers: Servers, fresh: RedisCluster, db: asyncpg.Connection, stores: Stores, lag: bool
+) -> None:
+    """Clients get 503 while the slot has no master, never a 500 or a hang. Afterwards no
+    purchase answered 200 is lost, nothing is oversold, no user is over the limit. With the
+    replica held behind, the failover loses the master's last writes: the sale is rebuilt
+    from PostgreSQL under the new master's id, and what was lost is counted."""
+    if lag and shutil.which("iptables") is None:
+        pytest.skip("needs iptables to hold back the replication stream")
+    started = await servers.all(sale_size=SALE_SIZE, user_limit=LIMIT, sale_seconds=SALE_SECONDS)
+    sale = current_sale(SALE_SECONDS)
+    master = fresh.owner(sale_keys(sale).sold)
+    fault = functools.partial(kill_behind_lag, fresh, master) if lag else master.kill
+    report, found, checkouts = await crowds_with_a_fault(started, fault, fresh, stores.database_url)
+    kinds = Counter(v.split(":", 1)[0] for v in found)
+    # What the failover may lose: decisions the old master acknowledged and did not
+    # replicate. Measured, and printed for the record (pytest -s shows it).
+    lost = {k: n for k, n in kinds.items() if k in ("missing row", "outcome")}
+    window = unavailable_window(checkouts, FAULT_AT_S)
+    print(
+        f"failover ({'replica behind' if lag else 'replica in sync'}): {report.summary()}\n"
+        f"  unavailable for {window:.2f} s; lost: {lost}; anomalies: {report.anomalies}"
+    )
+    assert set(kinds) <= set(lost), found
+    assert window <= UNAVAILABLE_FOR_AT_MOST_S
+    assert report.checkout_statuses.get("503", 0) > 0, "the fault struck nobody"
+    # The sale was rebuilt under the promoted replica's id before deciding again.
+    assert "Redis is another server now" in "".join([await logs_of(s) for s in started])
+    async with httpx.AsyncClient() as http:
+        scraped = [(await http.get(f"{s.base_url}/metrics")).text for s in started]
+    assert sum(metric(text, "notsale_rebuilds_total") for text in scraped) >= 1
+
+
+async def test_a_host_killed_mid_run_leaves_its_outbox_to_the_others(
+    servers: Servers, hosts: Hosts, fresh: RedisCluster, db: asyncpg.Connection, stores: Stores
+) -> None:
+    """The doomed host reaches PostgreSQL through a proxy that stalls just before the kill:
+    its flusher dies holding a batch it read and never wrote, which the survivor claims."""
+    pg = urlsplit(stores.database_url)
+    target = (pg.hostname or "127.0.0.1", pg.port or 5432)
+    settings = {"sale_size": SALE_SIZE, "user_limit": LIMIT, "sale_seconds": SALE_SECONDS}
+    with FaultProxy(*target, listen=hosts.gateway) as proxy:
+        doomed = await servers.start(
+            0, database_url=through(stores.database_url, proxy), **settings
+        )
+        survivor = await servers.start(1, **settings)
+
+        def stall_then_kill() -> None:
+            proxy.stall()
+            time.sleep(STALL_BEFORE_KILL_S)
+            os.killpg(doomed.process.pid, signal.SIGKILL)
+
+        report, found, _ = await crowds_with_a_fault(
+            [doomed, survivor], stall_then_kill, fresh, stores.database_url
+        )
+    print(f"host killed: {report.summary()}")
+    assert found == []
+    assert "claimed entries of a silent flusher" in await logs_of(survivor)
