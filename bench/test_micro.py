@@ -18,7 +18,7 @@ from notsale.catalog import item_name
 from notsale.engine.clock import current_sale
 from notsale.engine.codes import new_code
 from notsale.engine.keys import sale_keys
-from notsale.store.rows import AttemptRow, copy_rows, insert_rows
+from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows, write_groups
 
 BATCH = 100
 COUNTER = itertools.count()
@@ -98,6 +98,25 @@ def test_write_attempts(benchmark: Any, runner: Runner, write: Any, rows: int) -
 
     benchmark.extra_info["rows"] = rows
     benchmark.pedantic(lambda a: runner.run(store(a)), setup=lambda: ((batch(),), {}), rounds=5)
+
+
+@pytest.mark.parametrize("purchases", [1, 100])
+def test_commit_purchases(benchmark: Any, runner: Runner, purchases: int) -> None:
+    """One transaction of the purchases' group commit (writer.py), limit check included: its
+    time gives commits per second, and purchases per second per committing connection."""
+    now = dt.datetime.now(dt.UTC)
+
+    def batch() -> list[PurchaseRow]:
+        sale = next(COUNTER)  # a sale of its own per round: items are sold once
+        return [PurchaseRow(sale, i + 1, f"u{i}", new_code(sale), now, 1) for i in range(purchases)]
+
+    async def store(rows: list[PurchaseRow]) -> None:
+        async with runner.pool.acquire() as conn:
+            refused = await write_groups(conn, [([], [row]) for row in rows], 10, 30)
+            assert refused == [{}] * len(rows)
+
+    benchmark.extra_info["purchases"] = purchases
+    benchmark.pedantic(lambda r: runner.run(store(r)), setup=lambda: ((batch(),), {}), rounds=20)
 
 
 def test_metrics_recorded_per_checkout(benchmark: Any) -> None:

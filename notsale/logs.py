@@ -81,7 +81,12 @@ def log_config(log_format: str = "auto") -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
-        "loggers": {name: dict(logger) for name in ("notsale", "_granian", ACCESS_LOGGER)},
+        "loggers": {
+            **{name: dict(logger) for name in ("notsale", "_granian", ACCESS_LOGGER)},
+            # coredis says at INFO what notsale handles itself (a script loaded on a node it
+            # was missing from, a connection lost): its warnings and errors only, as ours.
+            "coredis": {**logger, "level": "WARNING"},
+        },
     }
 
 

@@ -8,7 +8,7 @@ import pytest
 from notsale.config import Settings
 from notsale.engine import sale as sale_module
 from notsale.engine.clock import current_sale, now_ms, sale_window
-from notsale.engine.keys import sale_keys
+from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS
 from tests.conftest import open_engine
 
@@ -51,3 +51,15 @@ async def test_redis_clock_decides_the_sale_when_the_worker_clock_is_off(
         decision = await engine.checkout("amy", 1)
     assert decision.outcome is None and decision.sale_id == real
     assert decision.code.endswith(str(real))
+
+
+async def test_the_outbox_registry_is_written_again_after_redis_lost_it(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """On a cluster the registry lives on a master of its own, whose failover may lose what
+    the sale's master kept: each worker writes its open sales' entries again (watch.py)."""
+    async with open_engine(settings) as engine:
+        sale = (await engine.checkout("amy", 1)).sale_id
+        await engine.redis.delete([OUTBOX_REGISTRY])
+        await engine.register_again()
+        assert await engine.registered() == [sale]

@@ -16,7 +16,7 @@ from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.batch import Batcher
 from notsale.engine.client import REDIS_DOWN, Client, server_id
-from notsale.engine.clock import current_sale
+from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.codes import new_code
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.errors import ErrorCode, Store, Unavailable
@@ -201,6 +201,20 @@ class SaleEngine:
             server = await self.refresh_server(sale_id)
             reply = await self._run(self._stats, keys4, [first, server, count])
         return None if reply == ["unready"] else reply
+
+    async def register_again(self) -> None:
+        """Write this worker's entries of the outbox registry again, for its sales still open:
+        a Redis that lost them (a rollback; on a cluster, a failover of the registry's own
+        master, which may not hold the sale) would leave their outboxes unread."""
+        now = now_ms()
+        self._registered = {
+            s for s in self._registered if sale_window(s, self.settings).closes_ms > now
+        }
+        if self._registered:
+            try:
+                await self.redis.sadd(OUTBOX_REGISTRY, [str(s) for s in self._registered])
+            except REDIS_DOWN as exc:
+                raise Unavailable(Store.REDIS) from exc
 
     async def registered(self) -> list[int]:
         """The sales with an outbox: every sale a decision was ever logged for (until its

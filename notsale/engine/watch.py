@@ -52,14 +52,15 @@ class Watch:
 
     async def check(self) -> None:
         """Learn the server id of the Redis that holds the running sale (a new one makes the
-        sale rebuild before deciding again), and mark the next sale ready before it starts
+        sale rebuild before deciding again), mark the next sale ready before it starts
         (under its own server's id: on a cluster, another master's), so that it opens
-        without PostgreSQL."""
+        without PostgreSQL, and keep the outbox registry whole."""
         running = current_sale(self._settings.sale_seconds)
         await self._engine.refresh_server(running)
         await self._reconciler.mark_ahead(
             running + 1, await self._engine.refresh_server(running + 1)
         )
+        await self._engine.register_again()
 
     async def _run(self) -> None:
         while True:
