@@ -109,6 +109,15 @@ class RedisCluster:
         host, _, port = address.removeprefix("addr=").rpartition(":")
         return host, int(port)
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        master_id = cli(master.port, "cluster", "myid").strip()
+        for line in cli(master.port, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if fields[3] == master_id and "fail" not in fields[2]:
+                port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no replica follows the master on port {master.port}")
+
     def owner(self, key: str) -> RedisServer:
         """The live master that serves `key`'s slot now."""
         live = next(n for n in self.nodes if n.process is not None)
