@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
+from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.engine.keys import sale_keys
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
@@ -32,6 +33,7 @@ from tests.hosts import Hosts
 from tests.nemesis import Checkout, Crowd, Report, check, read_rows, wait_drained
 from tests.rediscluster import RedisCluster, cli
 from tests.redisserver import RedisServer
+from tests.test_reconcile import notsale_cli
 from tests.test_stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
 
 HOSTS = 2
@@ -118,7 +120,7 @@ def servers(
 
 
 async def test_cluster_urls_make_notsale_use_the_cluster(
-    servers: Servers, fresh: RedisCluster
+    servers: Servers, fresh: RedisCluster, make_settings: Callable[..., Settings]
 ) -> None:
     server = await servers.start(0, sale_size=20)
     async with httpx.AsyncClient(base_url=server.base_url) as http:
@@ -136,6 +138,14 @@ async def test_cluster_urls_make_notsale_use_the_cluster(
     owner = fresh.owner(keys.sold)
     assert cli(owner.port, "hget", keys.sold, "3").strip() == "ann"
     assert {fresh.owner(key).port for key in keys} == {owner.port}
+    # `notsale reconcile` finds and repairs what the sale's master lost.
+    settings = make_settings(redis_url=fresh.url, sale_size=20)
+    assert notsale_cli(settings, "reconcile", "--check").returncode == 0
+    cli(owner.port, "del", keys.sold)
+    check = notsale_cli(settings, "reconcile", "--check")
+    assert "missing_in_redis: item 3 (bought by ann)" in check.stdout, check.stderr
+    assert "1 purchases restored" in notsale_cli(settings, "reconcile").stdout
+    assert cli(owner.port, "hget", keys.sold, "3").strip() == "ann"
 
 
 async def test_two_hosts_on_a_cluster_sell_exactly_the_stock(
