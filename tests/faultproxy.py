@@ -9,9 +9,10 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from tests.started import Started
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ def _reset(sock: socket.socket, *_: object) -> None:
         sock.close()
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """Forwards connections on `listen`:`port` (127.0.0.1 unless told) to a target; faults
     are switched at any time.
 
@@ -92,14 +93,6 @@ class FaultProxy:
             if self._listener is not None:
                 self._listener.close()
             self._loop = self._thread = self._listener = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # Faults
 

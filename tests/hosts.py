@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from types import TracebackType
 from typing import Self
+
+from tests.started import Started
 
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-class Hosts:
+class Hosts(Started):
     def __init__(self, count: int) -> None:
         self.count = count
         tag = os.getpid() % 10_000
@@ -80,11 +81,3 @@ class Hosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", self._bridge], capture_output=True, timeout=10)
         self.isolated = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from tests.redisserver import RedisServer, redis_server_binary
+from tests.started import Started
 
 # A master silent this long is failed over to its replica (Redis' default is 15 s).
 NODE_TIMEOUT_MS = 1000
@@ -36,7 +36,7 @@ def cli(port: int, *command: str) -> str:
     return done.stdout
 
 
-class RedisCluster:
+class RedisCluster(Started):
     def __init__(
         self,
         masters: int = 3,
@@ -136,14 +136,6 @@ class RedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def main(argv: list[str]) -> None:

@@ -10,8 +10,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
+
+from tests.started import Started
 
 # A server that does not take connections within this long after its start fails the test.
 START_TIMEOUT_S = 15.0
@@ -44,7 +45,7 @@ def free_port(bus: bool = False) -> int:
         return port
 
 
-class RedisServer:
+class RedisServer(Started):
     """redis-server on a free 127.0.0.1 port with its files in a folder of its own. With
     `aof`, every write is appended to its AOF (fsync every second), as in production."""
 
@@ -106,11 +107,3 @@ class RedisServer:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
