@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import json
 import os
 import re
 import shutil
@@ -40,6 +42,7 @@ WRK = REPO / "bench" / "wrk"
 PORT = 8099
 BENCH_REDIS_DB = 15  # the Redis DB index benchmarks flush and use
 CONNECTIONS = 64
+ONE_BUYER = 300  # sequential requests of each kind
 # Open buyers' pages polling during the VIEWED run, each as notsale/web/index.html does.
 VIEWERS = 50
 VIEW_POLL_S = 2.0
@@ -272,6 +275,71 @@ def on_cluster(rounds: int, run: Callable[[dict[str, str]], dict[str, float]]) -
         return ab(f"NOTSALE_REDIS_URL={cluster.url}", rounds, measured)
 
 
+def one_buyer(url: str, count: int, *, hello: bool = False) -> dict[str, float]:
+    """p50 in ms of each kind of request, sent one at a time by one keep-alive client
+    (`http.client`) to an idle server: what one buyer alone waits. Against hello-world, only
+    "hello"; against notsale, a checkout of a new item, its purchase, a checkout refused
+    before Redis decides (`id=0`: it only logs its attempt) and `/health`, in turn."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    took: dict[str, list[float]] = {}
+
+    def timed(kind: str, method: str, path: str) -> bytes:
+        started = time.perf_counter()
+        conn.request(method, path)
+        answer = conn.getresponse()
+        body = answer.read()
+        took.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
+        return body
+
+    try:
+        for i in range(count):
+            if hello:
+                timed("hello", "POST", "/checkout")
+                continue
+            code = json.loads(timed("checkout", "POST", f"/checkout?user_id=solo{i}&id={i + 1}"))
+            timed("purchase", "POST", f"/purchase?code={code['code']}")
+            timed("checkout?id=0", "POST", "/checkout?user_id=solo&id=0")
+            timed("GET /health", "GET", "/health")
+    finally:
+        conn.close()
+    return {kind: median(ms) for kind, ms in took.items()}
+
+
+def commit_ms(database_url: str, count: int) -> float:
+    """p50 in ms of one PostgreSQL commit of a one-row insert, from one connection."""
+
+    async def commits() -> float:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (n integer)")
+            took = []
+            for n in range(count):
+                started = time.perf_counter()
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO bench_commit VALUES ($1)", n)
+                took.append((time.perf_counter() - started) * 1000)
+            return median(took)
+        finally:
+            await conn.close()
+
+    return asyncio.run(commits())
+
+
+def print_one_buyer(hello: float, served: dict[str, float], commit: float) -> None:
+    print(f"\none buyer alone: p50 of {ONE_BUYER} sequential requests each, one keep-alive client")
+    print("| request | p50 ms | target |")
+    print("|---|---|---|")
+    print(f"| hello-world | {hello:.2f} | |")
+    checkout, purchase = served["checkout"], served["purchase"]
+    print(f"| POST /checkout | {checkout:.2f} (x{checkout / hello:.1f} hello) | ≤ 2 x hello |")
+    target = hello + commit + 0.5
+    print(f"| POST /purchase | {purchase:.2f} | ≤ {target:.2f} (hello + one commit + 0.5 ms) |")
+    for kind in ("checkout?id=0", "GET /health"):
+        print(f"| {kind} | {served[kind]:.2f} | |")
+    print(f"| one PostgreSQL commit | {commit:.2f} | |")
+
+
 def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -> int:
     """Checkout load until `total` requests were answered; worker RSS after every 30 s."""
     database_url, redis_url = fresh_stores(base)
@@ -316,6 +384,11 @@ def main() -> int:
         action="store_true",
         help="instead: --repeat pairs of checkout runs on the configured Redis and on a"
         " private 3-master Redis Cluster, with each one's Redis CPU and sale.lua runs",
+    )
+    parser.add_argument(
+        "--one-buyer",
+        action="store_true",
+        help="instead: only what one buyer alone waits (sequential requests, idle server)",
     )
     parser.add_argument(
         "--soak",
@@ -394,6 +467,17 @@ def main() -> int:
                 got["drain"] = attempts_drain_s(env["NOTSALE_DATABASE_URL"], got["requests"])
         return got
 
+    def one_buyer_run() -> None:
+        with running([*granian, "bench.hello:app"], dict(os.environ), url):
+            hello = one_buyer(url, ONE_BUYER, hello=True)["hello"]
+        env = notsale_env()
+        with running(serve, env, url + "/health"):
+            served = one_buyer(url, ONE_BUYER)
+        print_one_buyer(hello, served, commit_ms(env["NOTSALE_DATABASE_URL"], ONE_BUYER))
+
+    if opts.one_buyer:
+        one_buyer_run()
+        return 0
     if opts.cluster:
         return on_cluster(
             opts.repeat, lambda extra: notsale_run(CHECKOUT, "checkout.lua", (), extra)
@@ -451,6 +535,8 @@ def main() -> int:
         f"{VIEWERS} buyers' pages alone: worker CPU {page_cpu * 1000:.1f} ms/s,"
         f" {page_cpu / crowd_cpu:.1%} of what the checkout stampede takes"
     )
+
+    one_buyer_run()
 
     if not opts.skip_locust:
         locust = [

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from bench.probe import probe, summary
+from bench.run import commit_ms, one_buyer
 
 
 async def test_probe_times_checkouts_and_the_purchases_they_lead_to(
@@ -20,3 +21,13 @@ async def test_probe_times_checkouts_and_the_purchases_they_lead_to(
     # Every code the probe got was bought, and is in PostgreSQL.
     assert len(took["purchase"]) == bought > 0
     assert f"probe checkout: {len(took['checkout'])} requests" in summary(took)
+
+
+async def test_one_buyer_times_each_kind_of_request_and_buys_what_it_checks_out(
+    serve: Callable[..., Any], db: asyncpg.Connection, stores: Any
+) -> None:
+    server = await serve(sale_size=20, user_limit=3, workers=1)
+    took = await asyncio.to_thread(one_buyer, server.base_url, 5)
+    assert set(took) == {"checkout", "purchase", "checkout?id=0", "GET /health"}
+    assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 5
+    assert await asyncio.to_thread(commit_ms, stores.database_url, 3) > 0
