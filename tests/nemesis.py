@@ -676,7 +676,8 @@ def check_purchases(
         if s.code not in tried:
             found.add("phantom purchase", f"stored, never sent to /purchase: {s}")
         if s.code not in issued:
-            found.add("phantom purchase", f"stored, no attempt row issued its code: {s}")
+            # A phantom too when its checkout was never sent; alone, the sign of a lost row.
+            found.add("orphan purchase", f"stored, no attempt row issued its code: {s}")
 
 
 def check_attempts(

@@ -134,6 +134,7 @@ def test_the_checker_finds_every_kind_of_broken_promise() -> None:
         "user limit",
         "lost purchase",
         "phantom purchase",
+        "orphan purchase",
         "decided",
         "duplicate rows",
         "phantom row",
