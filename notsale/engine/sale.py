@@ -90,8 +90,9 @@ class SaleEngine:
 
     async def refresh_server(self, sale_id: int) -> str:
         """Ask Redis who holds the sale. Another process now (restart, failover) may hold less
-        than this worker saw: the sale is then ready only once marked under the new id, and
-        the outbox registry, which may have lost this worker's entries, is written again."""
+        than this worker saw: the sale is then ready only once marked under the new id (the
+        outbox registry, which may have lost this worker's entries too, is written again by
+        `register_again`)."""
         try:
             server = await server_id(self.redis, sale_keys(sale_id).ready)
         except REDIS_DOWN as exc:
@@ -110,7 +111,6 @@ class SaleEngine:
                 self._servers.clear()
                 self._verified.clear()
             self._servers[sale_id] = server
-            self._registered.clear()
         self._verified.add(sale_id)
         return server
 
