@@ -41,6 +41,7 @@ class Runner:
             )
             self._ready.set()
             await self._stop.wait()
+            self.engine.close()
         await self.pool.close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

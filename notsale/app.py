@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stack.push_async_callback(flusher.close)
             reconciler = Reconciler(redis, pool, settings)
             engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+            stack.callback(engine.close)
             watch = Watch(engine, reconciler, settings)
             served.state.services = Services(
                 settings, redis, engine, pool, reads, writer, flusher, reconciler

@@ -119,7 +119,11 @@ async def open_engine(settings: Settings) -> AsyncIterator[SaleEngine]:
     try:
         async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
-            yield SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+            engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+            try:
+                yield engine
+            finally:
+                engine.close()
     finally:
         await pool.close()
 

@@ -19,6 +19,7 @@ from notsale.engine.client import REDIS_DOWN, Client, server_id
 from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.codes import new_code
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.engine.lane import Lane
 from notsale.errors import ErrorCode, Store, Unavailable
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class SaleEngine:
         self.redis = redis
         self.settings = settings
         self._prepare = prepare
+        # The scripts run over a connection of their own on a single Redis (lane.py).
+        self._lane = Lane.of(redis)
         self._sale = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
         self._stats = redis.register_script((SCRIPTS_DIR / "stats.lua").read_text())
         self._batcher = Batcher(self._send)
@@ -78,6 +81,10 @@ class SaleEngine:
         self._verified: set[int] = set()
         self._announced = ""
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
+
+    def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
 
     def new_request_id(self) -> str:
         return f"{self._request_prefix}.{next(self._requests)}"
@@ -117,6 +124,8 @@ class SaleEngine:
     async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
         """A script run, exactly once: any failure is 503, and it is never sent again."""
         try:
+            if self._lane is not None:
+                return list(await self._lane.evalsha(script.sha, script.script, keys, args))
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
             self._verified.clear()

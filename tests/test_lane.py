@@ -1,0 +1,130 @@
+"""The decisions' own Redis connection (engine/lane.py), against a real Redis, behind a fault
+proxy where a fault is needed: replies reach their own calls, a call is never sent twice, and
+every failure is one of REDIS_DOWN."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from coredis.connection import TCPLocation
+
+from notsale.engine import lane as lane_module
+from notsale.engine.client import REDIS_DOWN, Client, connect
+from notsale.engine.lane import Lane
+from tests.conftest import Stores
+from tests.faultproxy import FaultProxy
+
+# Each run appends its argument to a list, so the test can count how often Redis ran it.
+SCRIPT = "redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]"
+SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+KEY = "notsale:test:lane"
+
+
+@contextlib.asynccontextmanager
+async def client(stores: Stores) -> AsyncIterator[Client]:
+    """Not a fixture: a coredis client is entered and left in one task."""
+    async with connect(stores.redis_url) as redis:
+        await redis.delete([KEY])
+        yield redis
+
+
+def lane_through(proxy: FaultProxy, redis: Client) -> Lane:
+    """A lane with the settings of `redis` (its DB index), through the proxy."""
+    lane = Lane.of(redis)
+    assert lane is not None
+    lane._location = TCPLocation("127.0.0.1", proxy.port)
+    return lane
+
+
+async def run(lane: Lane, word: str) -> str:
+    return str(await lane.evalsha(SHA, SCRIPT, [KEY], [word]))
+
+
+async def test_replies_reach_their_own_calls_in_order(stores: Stores) -> None:
+    async with client(stores) as redis:
+        lane = Lane.of(redis)
+        assert lane is not None
+        try:
+            await redis.script_flush()  # so the first calls load it: NOSCRIPT, then EVAL
+            words = [str(i) for i in range(500)]
+            assert await asyncio.gather(*(run(lane, w) for w in words)) == words
+            # In the client's DB index, each run once, in the order sent.
+            assert await redis.lrange(KEY, 0, -1) == words
+        finally:
+            lane.close()
+
+
+async def test_a_call_past_its_timeout_fails_with_the_calls_behind_it_and_is_never_resent(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with client(stores) as redis:
+        monkeypatch.setattr(lane_module, "STREAM_TIMEOUT_S", 0.3)
+        with FaultProxy("127.0.0.1", redis.connection_pool.location.port) as proxy:  # type: ignore[union-attr]
+            lane = lane_through(proxy, redis)
+            try:
+                assert await run(lane, "a") == "a"
+                proxy.stall()
+                stuck = [asyncio.ensure_future(run(lane, w)) for w in ("b", "c")]
+                for call in stuck:
+                    with pytest.raises(TimeoutError):
+                        await call
+                proxy.resume()
+                # A new connection: the late replies of b and c, if any, reach no other call.
+                assert await run(lane, "d") == "d"
+                await asyncio.sleep(0.3)
+                ran = await redis.lrange(KEY, 0, -1)
+                assert ran.count("a") == ran.count("d") == 1
+                assert ran.count("b") <= 1 and ran.count("c") <= 1
+            finally:
+                lane.close()
+
+
+async def test_a_lost_connection_fails_the_waiting_calls_and_the_next_call_connects_again(
+    stores: Stores,
+) -> None:
+    async with client(stores) as redis:
+        with FaultProxy("127.0.0.1", redis.connection_pool.location.port) as proxy:  # type: ignore[union-attr]
+            lane = lane_through(proxy, redis)
+            try:
+                assert await run(lane, "a") == "a"
+                proxy.stall()
+                waiting = asyncio.ensure_future(run(lane, "b"))
+                await asyncio.sleep(0.05)
+                proxy.cut()
+                with pytest.raises(REDIS_DOWN):
+                    await waiting
+                proxy.resume()
+                assert await run(lane, "c") == "c"
+                assert proxy.connections == 2
+            finally:
+                lane.close()
+
+
+async def test_an_unreachable_redis_fails_fast() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    lane = Lane(TCPLocation("127.0.0.1", port))
+    with pytest.raises(REDIS_DOWN):
+        await run(lane, "a")
+
+
+async def test_an_error_reply_fails_its_call_alone(stores: Stores) -> None:
+    async with client(stores) as redis:
+        lane = Lane.of(redis)
+        assert lane is not None
+        try:
+            bad = "return redis.call('NOSUCHCOMMAND')"
+            failing = lane.evalsha(hashlib.sha1(bad.encode()).hexdigest(), bad, [KEY], [])
+            calls = await asyncio.gather(
+                run(lane, "a"), failing, run(lane, "b"), return_exceptions=True
+            )
+            assert calls[0] == "a" and calls[2] == "b"
+            assert isinstance(calls[1], REDIS_DOWN)
+        finally:
+            lane.close()
