@@ -27,6 +27,12 @@ PG_DOWN = (
 )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Instead of asyncpg's reset of a released connection (RESET ALL, UNLISTEN, CLOSE ALL and
+    advisory unlocks: one more round trip before every purchase is answered, ~0.1 ms here):
+    notsale sets none of those. A transaction left open is still rolled back."""
+
+
 async def create_pool(dsn: str, max_size: int = POOL_MAX_SIZE) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -35,6 +41,7 @@ async def create_pool(dsn: str, max_size: int = POOL_MAX_SIZE) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=QUERY_TIMEOUT_S,
         init=prepare_connection,
+        reset=keep_session,
     )
     assert pool is not None
     return pool
