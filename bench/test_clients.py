@@ -1,12 +1,16 @@
 """What the Redis client path costs, client by client, in one pytest-benchmark run: one
 `sale.lua` run carrying 1 and 100 checkouts, and one XADD of an outbox-sized entry, through
 
-- coredis 6 as notsale serves it (a registered script: EVALSHA through the command API);
+- coredis 6's command API (a registered script: EVALSHA), as notsale ran sale.lua before
+  the lane below, and still does on a Redis Cluster;
 - coredis 6 used differently: one connection held by the caller, EVALSHA sent with
   `Connection.create_request` (no pool checkout, no command wrappers, no retry policy);
 - coredis 5.7, the last asyncio-native coredis (installed on first use into
   `.bench-deps/coredis5` and imported beside coredis 6, see `coredis5`);
-- redis-py's asyncio client with hiredis (the bench extra installs both).
+- redis-py's asyncio client with hiredis (the bench extra installs both);
+- notsale's own connection for the scripts (`notsale/engine/lane.py`: the command written
+  on the socket by the caller, replies parsed by coredis' RESP parser in the protocol's
+  callback), which serves sale.lua on a single Redis since this comparison.
 
 Every test starts on an emptied Redis and makes the same calls in the same order
 (`pedantic`, fixed rounds), so each client's script runs do the same work in Redis.
@@ -31,9 +35,10 @@ from bench.conftest import Runner
 from bench.test_micro import checkout_ops
 from notsale.engine.clock import current_sale
 from notsale.engine.keys import sale_keys
+from notsale.engine.lane import Lane
 
 REPO = Path(__file__).resolve().parents[1]
-CLIENTS = ["coredis6", "coredis6-held-connection", "coredis5", "redis-py-hiredis"]
+CLIENTS = ["coredis6", "coredis6-held-connection", "coredis5", "redis-py-hiredis", "notsale-lane"]
 ROUNDS = {1: 300, 100: 40}
 ENTRY = {"e": "x" * 200}  # about an outbox entry's size
 
@@ -99,6 +104,16 @@ def evalsha(request: pytest.FixtureRequest, runner: Runner) -> Iterator[tuple[Ca
 
         yield run5, lambda key, *_: five.xadd(key, ENTRY)
         five.connection_pool.disconnect()
+    elif name == "notsale-lane":
+        lane = Lane.of(runner.redis)
+        assert lane is not None
+        script = runner.engine._sale.script
+
+        async def run_lane(sha: str, keys: list[str], args: list[Any]) -> Any:
+            return await lane.evalsha(sha, script, keys, args)
+
+        yield run_lane, lambda key, *_: lane.call("XADD", key, "*", "e", ENTRY["e"])
+        lane.close()
     else:
         client = redis.asyncio.Redis.from_url(url, decode_responses=True)
 

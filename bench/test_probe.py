@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from bench.probe import probe, summary
-from bench.run import commit_ms, one_buyer
+from bench.run import commit_ms, one_buyer, running
+from tests.conftest import free_port
 
 
 async def test_probe_times_checkouts_and_the_purchases_they_lead_to(
@@ -27,7 +30,11 @@ async def test_one_buyer_times_each_kind_of_request_and_buys_what_it_checks_out(
     serve: Callable[..., Any], db: asyncpg.Connection, stores: Any
 ) -> None:
     server = await serve(sale_size=20, user_limit=3, workers=1)
-    took = await asyncio.to_thread(one_buyer, server.base_url, 5)
-    assert set(took) == {"checkout", "purchase", "checkout?id=0", "GET /health"}
+    port = free_port()
+    hello = [sys.executable, "-m", "granian", "--interface", "asgi", "--port", str(port)]
+    hello_url = f"http://127.0.0.1:{port}"
+    with running([*hello, "bench.hello:app"], dict(os.environ), hello_url):
+        took = await asyncio.to_thread(one_buyer, server.base_url, hello_url, 5)
+    assert set(took) == {"hello", "checkout", "purchase", "checkout?id=0", "GET /health"}
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 5
     assert await asyncio.to_thread(commit_ms, stores.database_url, 3) > 0
