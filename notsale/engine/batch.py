@@ -52,8 +52,13 @@ class Batcher:
 
     async def _drain(self, sale_id: int, lane: _Lane) -> None:
         try:
+            first = True
             while lane.waiters:
-                await asyncio.sleep(0)  # let the rest of this loop tick's requests join
+                if not first:
+                    # Let the rest of this loop tick's requests join. Before the first batch
+                    # they have: this task's first step runs after them.
+                    await asyncio.sleep(0)
+                first = False
                 ops, waiters = lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 del lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 try:
