@@ -14,13 +14,14 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,13 +135,49 @@ def worker_rss_mb(server: subprocess.Popen[bytes]) -> float:
     return max(rss) / 2**20 if rss else 0.0
 
 
-def worker_cpu_s(server: subprocess.Popen[bytes]) -> float:
-    """CPU time (user + system) the server's workers have used so far."""
+def cpu_s(pids: Iterable[str]) -> float:
+    """CPU time (user + system) the processes have used so far (those gone count 0)."""
     ticks = 0
-    for pid in worker_pids(server):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu_s(server: subprocess.Popen[bytes]) -> float:
+    """CPU time the server's workers have used so far."""
+    return cpu_s(worker_pids(server))
+
+
+def named_pids(name: str) -> list[str]:
+    return subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+
+
+@contextmanager
+def cpu_budget(server: subprocess.Popen[bytes]) -> Iterator[dict[str, float]]:
+    """The CPU seconds each part of the machine spends meanwhile: the server (granian's
+    process and its workers), Redis, PostgreSQL, and the load driver (children of this
+    process that ended: wrk)."""
+
+    def now() -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "server": cpu_s([str(server.pid), *worker_pids(server)]),
+            "Redis": cpu_s(named_pids("redis-server")),
+            "PostgreSQL": cpu_s(named_pids("postgres")),
+            "wrk": children.ru_utime + children.ru_stime,
+        }
+
+    before, spent = now(), {}
+    yield spent
+    spent.update({part: used - before[part] for part, used in now().items()})
+
+
+def budget_us(spent: dict[str, float], requests: float) -> dict[str, float]:
+    return {f"{part} µs": used / requests * 1e6 for part, used in spent.items()}
 
 
 @contextmanager
@@ -330,6 +367,20 @@ def commit_ms(database_url: str, count: int) -> float:
     return asyncio.run(commits())
 
 
+def print_budget(runs: dict[str, list[dict[str, float]]]) -> None:
+    """CPU per answered request of each part of the machine, medians. Everything shares the
+    cores, so hello-world's total against a run's bounds that run's ratio to hello-world."""
+    parts = [key for key in next(iter(runs.values()))[0] if key.endswith(" µs")]
+    hello = sum(median(r[part] for r in next(iter(runs.values()))) for part in parts)
+    print("\nCPU per request, µs (median of the runs; server = granian and its workers)\n")
+    print(f"| run | {' | '.join(p.removesuffix(' µs') for p in parts)} | all | hello's all / all |")
+    print("|---|" + "---|" * (len(parts) + 2))
+    for label, got in runs.items():
+        each = [median(r[part] for r in got) for part in parts]
+        cells = [f"{c:.0f}" for c in each]
+        print(f"| {label} | {' | '.join(cells)} | {sum(each):.0f} | {hello / sum(each):.2f} |")
+
+
 def print_one_buyer(served: dict[str, float], commit: float) -> None:
     print(f"\none buyer alone: p50 of {ONE_BUYER} sequential requests each, one keep-alive client")
     hello = served["hello"]
@@ -438,8 +489,12 @@ def main() -> int:
         }
 
     def hello_run() -> dict[str, float]:
-        with running([*granian, "bench.hello:app"], dict(os.environ), url):
-            return wrk(url, opts.seconds)
+        with (
+            running([*granian, "bench.hello:app"], dict(os.environ), url) as server,
+            cpu_budget(server) as spent,
+        ):
+            got = wrk(url, opts.seconds)
+        return {**got, **budget_us(spent, got["requests"])}
 
     def notsale_run(
         label: str, script: str, args: tuple[str, ...], extra: dict[str, str]
@@ -457,12 +512,15 @@ def main() -> int:
                     time.sleep(opts.seconds)
                     page_cpu_s = (worker_cpu_s(server) - cpu_before) / opts.seconds
                     cpu_before = worker_cpu_s(server)
-                    got = wrk(url, opts.seconds, script, *args)
+                    with cpu_budget(server) as spent:
+                        got = wrk(url, opts.seconds, script, *args)
                 got["page_cpu_s"] = page_cpu_s - idle_cpu_s
                 if set(answered) != {200}:
                     raise SystemExit(f"a buyers' page was answered {sorted(set(answered))}")
             else:
-                got = wrk(url, opts.seconds, script, *args)
+                with cpu_budget(server) as spent:
+                    got = wrk(url, opts.seconds, script, *args)
+            got.update(budget_us(spent, got["requests"]))
             # Worker CPU per answered wrk request: steadier than req/s on a shared machine,
             # and it leaves out what the load drivers themselves cost.
             got["cpu_us"] = (worker_cpu_s(server) - cpu_before) / got["requests"] * 1e6
@@ -530,6 +588,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print_budget(runs)
     for what, before, after in (
         ("metrics cost: checkout without metrics -> with", NO_METRICS, CHECKOUT),
         (f"page cost: checkout alone -> with {VIEWERS} buyers' pages open", CHECKOUT, VIEWED),
