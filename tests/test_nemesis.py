@@ -149,11 +149,18 @@ def test_rows_lost_with_a_killed_redis_are_anomalies_only_just_before_the_kill()
         Checkout(user="a", item=1, sent_s=8.9, took_s=0.1, status=200, code="A"),  # 1 s before
         Checkout(user="b", item=2, sent_s=8.9, took_s=0.1, status=409, error="item_sold"),
         Checkout(user="c", item=3, sent_s=2.0, took_s=0.1, status=409, error="item_sold"),
+        Checkout(user="d", item=3, sent_s=9.5, took_s=0.1, status=200, code="D"),
     ]
-    purchases = [Purchase(code="A", user="a", item=1, sent_s=9.1, answers=[200])]
+    purchases = [
+        Purchase(code="A", user="a", item=1, sent_s=9.1, answers=[200]),
+        Purchase(code="D", user="d", item=3, sent_s=9.7, answers=[200]),
+    ]
+    attempts = [attempt(1, "d", 3, "ok", code="D")]  # d's row was written: no anomaly
     report = small_report()
     report.redis_kills_s = [10.0]
-    found = check(report, checkouts, purchases, [], [bought(1, "a", "A")])
+    found = check(
+        report, checkouts, purchases, attempts, [bought(1, "a", "A"), bought(3, "d", "D")]
+    )
     # The rows of a and b may have gone with the AOF's last writes; c's was written long before.
     assert [v.split(":")[0] for v in found] == ["missing row"] and "c 3" in found[0]
     assert len(report.anomalies) == 3  # a's row, a's purchase's issuing row, b's row
