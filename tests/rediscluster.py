@@ -96,11 +96,27 @@ class RedisCluster(Started):
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not become ok")
 
-    def flush(self) -> None:
-        """Every node emptied: replicas refuse FLUSHALL, their masters' reaches them."""
-        for node in self.nodes:
-            if node.process is not None:
-                cli(node.port, "flushall")
+    def flush(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
+        """Every node emptied: replicas refuse FLUSHALL, their masters' reaches them. Waits
+        until every live replica holds nothing either, with its link to its master up: a
+        replica still syncing, or cut off, could keep an earlier test's keys and bring them
+        back as a master after a failover."""
+        live = [n for n in self.nodes if n.process is not None]
+        for node in live:
+            cli(node.port, "flushall")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._empty_and_linked(n) for n in live):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("a Redis Cluster replica did not sync its master's FLUSHALL")
+
+    @staticmethod
+    def _empty_and_linked(node: RedisServer) -> bool:
+        replication = cli(node.port, "info", "replication")
+        if "role:slave" in replication and "master_link_status:up" not in replication:
+            return False
+        return cli(node.port, "dbsize").strip() == "0"
 
     def replication_link(self, master: RedisServer) -> tuple[str, int]:
         """The address of the master's replica's end of its replication connection."""
