@@ -9,15 +9,18 @@ import contextlib
 import hashlib
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from coredis.connection import TCPLocation
+from coredis.exceptions import AuthenticationFailureError
 
 from notsale.engine import lane as lane_module
 from notsale.engine.client import REDIS_DOWN, Client, connect
 from notsale.engine.lane import Lane
 from tests.conftest import Stores
 from tests.faultproxy import FaultProxy
+from tests.redisserver import RedisServer
 
 # Each run appends its argument to a list, so the test can count how often Redis ran it.
 SCRIPT = "redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]"
@@ -128,3 +131,24 @@ async def test_an_error_reply_fails_its_call_alone(stores: Stores) -> None:
             assert isinstance(calls[1], REDIS_DOWN)
         finally:
             lane.close()
+
+
+async def test_a_unix_socket_db_and_password_are_those_of_the_client(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(args=("--unixsocket", str(socket_path))) as server:
+        async with connect(server.url) as admin:
+            await admin.config_set({"requirepass": "secret"})
+        url = f"unix://{socket_path}?db=3&password=secret"
+        async with connect(url) as redis:
+            lane = Lane.of(redis)
+            assert lane is not None
+            try:
+                assert await lane.call("SET", KEY, "through the lane") == "OK"
+                assert await redis.get(KEY) == "through the lane"  # same DB, as coredis sees it
+            finally:
+                lane.close()
+        async with connect(url.replace("secret", "wrong")) as wrong:
+            refused = Lane.of(wrong)
+            assert refused is not None
+            with pytest.raises(AuthenticationFailureError):  # one of REDIS_DOWN: a 503
+                await refused.call("PING")
