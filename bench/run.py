@@ -43,6 +43,7 @@ WRK = REPO / "bench" / "wrk"
 PORT = 8099
 BENCH_REDIS_DB = 15  # the Redis DB index benchmarks flush and use
 CONNECTIONS = 64
+HELLO = "hello-world (bare ASGI)"
 ONE_BUYER = 300  # sequential requests of each kind
 # Open buyers' pages polling during the VIEWED run, each as notsale/web/index.html does.
 VIEWERS = 50
@@ -370,8 +371,8 @@ def commit_ms(database_url: str, count: int) -> float:
 def print_budget(runs: dict[str, list[dict[str, float]]]) -> None:
     """CPU per answered request of each part of the machine, medians. Everything shares the
     cores, so hello-world's total against a run's bounds that run's ratio to hello-world."""
-    parts = [key for key in next(iter(runs.values()))[0] if key.endswith(" µs")]
-    hello = sum(median(r[part] for r in next(iter(runs.values()))) for part in parts)
+    parts = [key for key in runs[HELLO][0] if key.endswith(" µs")]
+    hello = sum(median(r[part] for r in runs[HELLO]) for part in parts)
     print("\nCPU per request, µs (median of the runs; server = granian and its workers)\n")
     print(f"| run | {' | '.join(p.removesuffix(' µs') for p in parts)} | all | hello's all / all |")
     print("|---|" + "---|" * (len(parts) + 2))
@@ -558,10 +559,10 @@ def main() -> int:
     # shared 2-core machine one run can be off by half.
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(opts.repeat):
-        runs.setdefault("hello-world (bare ASGI)", []).append(hello_run())
+        runs.setdefault(HELLO, []).append(hello_run())
         for label, script, args, extra in MODES:
             runs.setdefault(label, []).append(notsale_run(label, script, args, extra))
-    hello_rps = median(r["rps"] for r in runs["hello-world (bare ASGI)"])
+    hello_rps = median(r["rps"] for r in runs[HELLO])
     rows = [
         (
             label,
