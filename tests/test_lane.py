@@ -19,7 +19,7 @@ from notsale.engine import lane as lane_module
 from notsale.engine.client import REDIS_DOWN, Client, connect
 from notsale.engine.lane import Lane
 from tests.conftest import Stores
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
 
 # Each run appends its argument to a list, so the test can count how often Redis ran it.
@@ -36,11 +36,10 @@ async def client(stores: Stores) -> AsyncIterator[Client]:
         yield redis
 
 
-def lane_through(proxy: FaultProxy, redis: Client) -> Lane:
-    """A lane with the settings of `redis` (its DB index), through the proxy."""
-    lane = Lane.of(redis)
+def lane_of(url: str) -> Lane:
+    """The lane a worker on `url` would use (the client is only read, never entered)."""
+    lane = Lane.of(connect(url))
     assert lane is not None
-    lane._location = TCPLocation("127.0.0.1", proxy.port)
     return lane
 
 
@@ -50,8 +49,7 @@ async def run(lane: Lane, word: str) -> str:
 
 async def test_replies_reach_their_own_calls_in_order(stores: Stores) -> None:
     async with client(stores) as redis:
-        lane = Lane.of(redis)
-        assert lane is not None
+        lane = lane_of(stores.redis_url)
         try:
             await redis.script_flush()  # so the first calls load it: NOSCRIPT, then EVAL
             words = [str(i) for i in range(500)]
@@ -67,8 +65,8 @@ async def test_a_call_past_its_timeout_fails_with_the_calls_behind_it_and_is_nev
 ) -> None:
     async with client(stores) as redis:
         monkeypatch.setattr(lane_module, "STREAM_TIMEOUT_S", 0.3)
-        with FaultProxy("127.0.0.1", redis.connection_pool.location.port) as proxy:  # type: ignore[union-attr]
-            lane = lane_through(proxy, redis)
+        with in_front_of(stores.redis_url, 6379) as (proxy, url):
+            lane = lane_of(url)
             try:
                 assert await run(lane, "a") == "a"
                 proxy.stall()
@@ -90,9 +88,9 @@ async def test_a_call_past_its_timeout_fails_with_the_calls_behind_it_and_is_nev
 async def test_a_lost_connection_fails_the_waiting_calls_and_the_next_call_connects_again(
     stores: Stores,
 ) -> None:
-    async with client(stores) as redis:
-        with FaultProxy("127.0.0.1", redis.connection_pool.location.port) as proxy:  # type: ignore[union-attr]
-            lane = lane_through(proxy, redis)
+    async with client(stores):
+        with in_front_of(stores.redis_url, 6379) as (proxy, url):
+            lane = lane_of(url)
             try:
                 assert await run(lane, "a") == "a"
                 proxy.stall()
@@ -118,9 +116,8 @@ async def test_an_unreachable_redis_fails_fast() -> None:
 
 
 async def test_an_error_reply_fails_its_call_alone(stores: Stores) -> None:
-    async with client(stores) as redis:
-        lane = Lane.of(redis)
-        assert lane is not None
+    async with client(stores):
+        lane = lane_of(stores.redis_url)
         try:
             bad = "return redis.call('NOSUCHCOMMAND')"
             failing = lane.evalsha(hashlib.sha1(bad.encode()).hexdigest(), bad, [KEY], [])
@@ -140,15 +137,12 @@ async def test_a_unix_socket_db_and_password_are_those_of_the_client(tmp_path: P
             await admin.config_set({"requirepass": "secret"})
         url = f"unix://{socket_path}?db=3&password=secret"
         async with connect(url) as redis:
-            lane = Lane.of(redis)
-            assert lane is not None
+            lane = lane_of(url)
             try:
                 assert await lane.call("SET", KEY, "through the lane") == "OK"
                 assert await redis.get(KEY) == "through the lane"  # same DB, as coredis sees it
             finally:
                 lane.close()
-        async with connect(url.replace("secret", "wrong")) as wrong:
-            refused = Lane.of(wrong)
-            assert refused is not None
-            with pytest.raises(AuthenticationFailureError):  # one of REDIS_DOWN: a 503
-                await refused.call("PING")
+        refused = lane_of(url.replace("secret", "wrong"))
+        with pytest.raises(AuthenticationFailureError):  # one of REDIS_DOWN: a 503
+            await refused.call("PING")
