@@ -51,14 +51,10 @@ class Batcher:
         return waiter
 
     async def _drain(self, sale_id: int, lane: _Lane) -> None:
+        # The first batch goes at once: this task's first step runs after the requests of
+        # the tick that started it, so they have joined it already.
         try:
-            first = True
-            while lane.waiters:
-                if not first:
-                    # Let the rest of this loop tick's requests join. Before the first batch
-                    # they have: this task's first step runs after them.
-                    await asyncio.sleep(0)
-                first = False
+            while True:
                 ops, waiters = lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 del lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 try:
@@ -67,10 +63,13 @@ class Batcher:
                     for w in waiters:
                         if not w.done():
                             w.set_exception(exc)
-                    continue
-                for w, reply in zip(waiters, replies, strict=True):
-                    if not w.done():
-                        w.set_result(reply)
+                else:
+                    for w, reply in zip(waiters, replies, strict=True):
+                        if not w.done():
+                            w.set_result(reply)
+                if not lane.waiters:
+                    break
+                await asyncio.sleep(0)  # let the rest of this loop tick's requests join
         finally:
             lane.busy = False
             if not lane.waiters:
