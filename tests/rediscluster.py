@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -86,30 +87,37 @@ class RedisCluster(Started):
             raise
         return self
 
-    def wait_ok(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
-        """Until every live node says the cluster is ok (all slots served)."""
+    def _until_every_live_node(
+        self, check: Callable[[RedisServer], bool], timeout_s: float, failure: str
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            live = [n for n in self.nodes if n.process is not None]
-            if all("cluster_state:ok" in cli(n.port, "cluster", "info") for n in live):
+            if all(check(n) for n in self.nodes if n.process is not None):
                 return
             time.sleep(0.1)
-        raise RuntimeError("the Redis Cluster did not become ok")
+        raise RuntimeError(failure)
+
+    def wait_ok(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
+        """Until every live node says the cluster is ok (all slots served)."""
+        self._until_every_live_node(
+            lambda n: "cluster_state:ok" in cli(n.port, "cluster", "info"),
+            timeout_s,
+            "the Redis Cluster did not become ok",
+        )
 
     def flush(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
         """Every node emptied: replicas refuse FLUSHALL, their masters' reaches them. Waits
         until every live replica holds nothing either, with its link to its master up: a
         replica still syncing, or cut off, could keep an earlier test's keys and bring them
         back as a master after a failover."""
-        live = [n for n in self.nodes if n.process is not None]
-        for node in live:
-            cli(node.port, "flushall")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(self._empty_and_linked(n) for n in live):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("a Redis Cluster replica did not sync its master's FLUSHALL")
+        for node in self.nodes:
+            if node.process is not None:
+                cli(node.port, "flushall")
+        self._until_every_live_node(
+            self._empty_and_linked,
+            timeout_s,
+            "a Redis Cluster replica did not sync its master's FLUSHALL",
+        )
 
     @staticmethod
     def _empty_and_linked(node: RedisServer) -> bool:
