@@ -9,8 +9,9 @@ future that waits for it, in order. Every batch of every sale pipelines over it.
 
 Exactly once, as through coredis (engine/client.py): a call is never sent twice. An error
 reply fails its call alone. A call unanswered after STREAM_TIMEOUT_S, or a lost connection,
-fails every call still waiting and closes the connection (its replies can no longer be told
-apart); the next call opens a new one. Every failure is one of REDIS_DOWN, answered 503.
+fails every call still waiting and closes the connection (a stalled one may never answer
+again; a reply that comes late still meets its own, abandoned call, as replies are matched
+in order); the next call opens a new one. Every failure is one of REDIS_DOWN, answered 503.
 The single exception is NOSCRIPT (Redis restarted, or its scripts were flushed): nothing
 ran, so the script is sent once more, in full (EVAL).
 
