@@ -17,13 +17,14 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.params import FromPath
 
 from notsale import __version__, metrics
-from notsale.api.checkout import CheckoutController
+from notsale.api.checkout import CheckoutController, checkout
 from notsale.api.errors import EXCEPTION_HANDLERS
 from notsale.api.health import HealthController
 from notsale.api.metrics import MetricsController
 from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.page import PageController
-from notsale.api.purchase import PurchaseController
+from notsale.api.purchase import PurchaseController, purchase
+from notsale.api.raw import straight
 from notsale.api.sales import SalesController
 from notsale.api.users import UsersController
 from notsale.config import Settings
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     document_hot_routes(app)
     document_raw_parameters(app.openapi_schema)
+    app.asgi_handler = straight(app.asgi_handler, {"/checkout": checkout, "/purchase": purchase})
     if settings.metrics:
         app.asgi_handler = metrics.metered(app.asgi_handler)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -10,6 +13,7 @@ from notsale.engine import sale as sale_module
 from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS
+from notsale.errors import ErrorCode
 from tests.conftest import open_engine
 
 
@@ -20,6 +24,26 @@ async def test_scripts_reload_after_redis_forgets_them(
         assert (await engine.checkout("amy", 1)).outcome is None
         await engine.redis.script_flush()
         assert (await engine.checkout("amy", 2)).outcome is None
+
+
+async def test_a_crowd_rides_in_two_script_runs_decided_in_arrival_order(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A lone operation goes at once; all that arrive while it is on the wire ride together
+    in the next run (engine/batch.py)."""
+    async with open_engine(settings) as engine:
+        assert (await engine.checkout("amy", 1)).outcome is None  # the sale is ready
+        runs: list[int] = []
+        send = engine._batcher._send
+
+        async def counted(sale_id: int, words: list[Any]) -> list[Any]:
+            runs.append(len(words))
+            return await send(sale_id, words)
+
+        engine._batcher._send = counted
+        crowd = await asyncio.gather(*(engine.checkout(f"user{n}", 2) for n in range(50)))
+    assert [d.outcome for d in crowd] == [None] + [ErrorCode.ITEM_HELD] * 49
+    assert runs == [6, 49 * 6]  # a checkout is six words
 
 
 async def test_sale_keys_expire_after_their_sale_closes(

@@ -55,46 +55,51 @@ CHECKOUT_DOC = HotRouteDoc(
 )
 
 
+async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /checkout, a hot route (see notsale.api.raw). It reads the query raw, so that even
+    a malformed request reaches it and is logged as an attempt."""
+    query = post_query(scope)
+    services = services_of(scope)
+    # Made here, once: it keys the attempt row, whichever store ends up holding it.
+    request_id = services.engine.new_request_id()
+    named = None  # the sale the client named, once known to have started
+    try:
+        user = params.user_id(params.single(query, "user_id"))
+        item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
+        if "sale_id" in query:
+            named = started_sale(params.single(query, "sale_id"), services)
+            # Closed on this worker's clock: refused here, its row logged in the running
+            # sale's outbox. Until then, sale.lua decides on Redis' clock.
+            if sale_window(named, services.settings).closes_ms <= now_ms():
+                raise NotsaleError(ErrorCode.SALE_CLOSED)
+    except NotsaleError as exc:
+        user_raw = ",".join(query.getall("user_id", []))
+        item_raw = ",".join(query.getall("id", []))
+        await record_refused(services, scope, request_id, exc, user_raw, item_raw, named)
+        raise
+    try:
+        decision = await services.engine.checkout(user, item_id, request_id, named)
+    except NotsaleError as exc:
+        await record_refused(services, scope, request_id, exc, user, str(item_id), named)
+        raise
+    if decision.outcome is not None:
+        await send_refusal(scope, send, decision.outcome)
+        return
+    body = CheckoutBody(
+        code=decision.code,
+        sale_id=decision.sale_id,
+        item_id=item_id,
+        name=item_name(decision.sale_id, item_id),
+        image_url=image_url(decision.sale_id, item_id),
+        expires_at=rfc3339(decision.expires_ms),
+    )
+    await send_body(scope, send, body)
+
+
 class CheckoutController(Controller):
     path = "/checkout"
 
-    # An `asgi` handler, the hot path (see notsale.api.raw): it reads the query raw, so that
-    # even a malformed request reaches it and is logged as an attempt.
+    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.raw).
     @asgi(copy_scope=False, opt={OPENAPI_OPT: CHECKOUT_DOC})
     async def checkout(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = post_query(scope)
-        services = services_of(scope)
-        # Made here, once: it keys the attempt row, whichever store ends up holding it.
-        request_id = services.engine.new_request_id()
-        named = None  # the sale the client named, once known to have started
-        try:
-            user = params.user_id(params.single(query, "user_id"))
-            item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
-            if "sale_id" in query:
-                named = started_sale(params.single(query, "sale_id"), services)
-                # Closed on this worker's clock: refused here, its row logged in the running
-                # sale's outbox. Until then, sale.lua decides on Redis' clock.
-                if sale_window(named, services.settings).closes_ms <= now_ms():
-                    raise NotsaleError(ErrorCode.SALE_CLOSED)
-        except NotsaleError as exc:
-            user_raw = ",".join(query.getall("user_id", []))
-            item_raw = ",".join(query.getall("id", []))
-            await record_refused(services, scope, request_id, exc, user_raw, item_raw, named)
-            raise
-        try:
-            decision = await services.engine.checkout(user, item_id, request_id, named)
-        except NotsaleError as exc:
-            await record_refused(services, scope, request_id, exc, user, str(item_id), named)
-            raise
-        if decision.outcome is not None:
-            await send_refusal(scope, send, decision.outcome)
-            return
-        body = CheckoutBody(
-            code=decision.code,
-            sale_id=decision.sale_id,
-            item_id=item_id,
-            name=item_name(decision.sale_id, item_id),
-            image_url=image_url(decision.sale_id, item_id),
-            expires_at=rfc3339(decision.expires_ms),
-        )
-        await send_body(scope, send, body)
+        await checkout(scope, receive, send)

@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.openapi import ResponseSpec
+from litestar.types import Receive, Scope, Send
 
 from notsale import metrics
 from notsale.api.models import ErrorBody
@@ -81,6 +82,14 @@ EXCEPTION_HANDLERS = {
     **{exc: recorded(on_store_down) for exc in (*REDIS_DOWN, *PG_DOWN)},
     Exception: recorded(on_unexpected),
 }
+
+
+async def answer_exception(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Answer what a handler run outside Litestar's router raised (api/raw.py, `straight`),
+    as Litestar's exception middleware would with EXCEPTION_HANDLERS."""
+    handler = next(EXCEPTION_HANDLERS[c] for c in type(exc).__mro__ if c in EXCEPTION_HANDLERS)
+    request: Request[Any, Any, Any] = Request(scope, receive, send)
+    await handler(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
 def error_groups(*codes: ErrorCode) -> dict[int, str]:

@@ -46,52 +46,57 @@ PURCHASE_DOC = HotRouteDoc(
 )
 
 
+async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /purchase, a hot route (see notsale.api.raw)."""
+    raw = params.single(post_query(scope), "code")
+    services = services_of(scope)
+    if not CODE_PATTERN.fullmatch(raw):
+        raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
+    sale_id = code_sale(raw)
+    # A code of the next sale too: this worker's clock may be behind Redis'.
+    if sale_id is None or sale_id > current_sale(services.settings.sale_seconds) + 1:
+        raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
+    decision = await services.engine.purchase(sale_id, raw)
+    if decision.outcome is None:
+        row = PurchaseRow(
+            sale_id,
+            decision.item_id,
+            decision.user_id,
+            raw,
+            ms_to_datetime(decision.purchased_ms),
+            decision.seq,
+        )
+        try:
+            # Also on a repeat: the first answer may have been lost before its commit.
+            await services.writer.write_purchase(row)
+        except NotsaleError as exc:
+            if exc.code is not ErrorCode.UNAVAILABLE:
+                # PostgreSQL refused what Redis decided: Redis lost writes. Rebuild the
+                # sale before it decides more.
+                with contextlib.suppress(*REDIS_DOWN):
+                    await services.reconciler.invalidate(sale_id)
+            raise
+        await send_body(scope, send, purchase_body(row))
+        return
+    if decision.outcome in (ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED):
+        # Redis does not know the purchase (its sale's keys expired, or it lost writes):
+        # only PostgreSQL can say that none was made.
+        stored = await queries.purchase_by_code(services.reads, raw)
+        if stored is not None:
+            await send_body(scope, send, purchase_body(stored))
+            return
+        if decision.outcome is ErrorCode.CODE_NOT_FOUND and await queries.code_was_issued(
+            services.reads, raw
+        ):
+            await send_refusal(scope, send, ErrorCode.CODE_EXPIRED)
+            return
+    await send_refusal(scope, send, decision.outcome)
+
+
 class PurchaseController(Controller):
     path = "/purchase"
 
-    # An `asgi` handler, the hot path (see notsale.api.raw).
+    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.raw).
     @asgi(copy_scope=False, opt={OPENAPI_OPT: PURCHASE_DOC})
     async def purchase(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = params.single(post_query(scope), "code")
-        services = services_of(scope)
-        if not CODE_PATTERN.fullmatch(raw):
-            raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
-        sale_id = code_sale(raw)
-        # A code of the next sale too: this worker's clock may be behind Redis'.
-        if sale_id is None or sale_id > current_sale(services.settings.sale_seconds) + 1:
-            raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
-        decision = await services.engine.purchase(sale_id, raw)
-        if decision.outcome is None:
-            row = PurchaseRow(
-                sale_id,
-                decision.item_id,
-                decision.user_id,
-                raw,
-                ms_to_datetime(decision.purchased_ms),
-                decision.seq,
-            )
-            try:
-                # Also on a repeat: the first answer may have been lost before its commit.
-                await services.writer.write_purchase(row)
-            except NotsaleError as exc:
-                if exc.code is not ErrorCode.UNAVAILABLE:
-                    # PostgreSQL refused what Redis decided: Redis lost writes. Rebuild the
-                    # sale before it decides more.
-                    with contextlib.suppress(*REDIS_DOWN):
-                        await services.reconciler.invalidate(sale_id)
-                raise
-            await send_body(scope, send, purchase_body(row))
-            return
-        if decision.outcome in (ErrorCode.CODE_NOT_FOUND, ErrorCode.CODE_EXPIRED):
-            # Redis does not know the purchase (its sale's keys expired, or it lost writes):
-            # only PostgreSQL can say that none was made.
-            stored = await queries.purchase_by_code(services.reads, raw)
-            if stored is not None:
-                await send_body(scope, send, purchase_body(stored))
-                return
-            if decision.outcome is ErrorCode.CODE_NOT_FOUND and await queries.code_was_issued(
-                services.reads, raw
-            ):
-                await send_refusal(scope, send, ErrorCode.CODE_EXPIRED)
-                return
-        await send_refusal(scope, send, decision.outcome)
+        await purchase(scope, receive, send)
