@@ -45,6 +45,7 @@ BENCH_REDIS_DB = 15  # the Redis DB index benchmarks flush and use
 CONNECTIONS = 64
 HELLO = "hello-world (bare ASGI)"
 ONE_BUYER = 300  # sequential requests of each kind
+REDIS_FLOOR = "hello-world + one Redis round trip"
 # Open buyers' pages polling during the VIEWED run, each as notsale/web/index.html does.
 VIEWERS = 50
 VIEW_POLL_S = 2.0
@@ -319,7 +320,8 @@ def one_buyer(url: str, hello_url: str, count: int) -> dict[str, float]:
     checkout of a new item, its purchase, a checkout refused before Redis decides, `id=0`,
     which only logs its attempt, and `/health`) follows a hello-world request to a server of
     its own, so that both see the machine in the same state: its speed drifts by half here
-    from one minute to the next."""
+    from one minute to the next. So does hello-world's /redis (REDIS_FLOOR), answered after
+    one Redis round trip: what is left of a checkout above it is notsale's own."""
 
     def connect(to: str) -> http.client.HTTPConnection:
         parts = urlsplit(to)
@@ -328,16 +330,17 @@ def one_buyer(url: str, hello_url: str, count: int) -> dict[str, float]:
     conn, hello = connect(url), connect(hello_url)
     took: dict[str, list[float]] = {}
 
-    def timed(kind: str, method: str, path: str) -> bytes:
-        for label, to in (("hello", hello), (kind, conn)):
+    def timed(kind: str, method: str, path: str, to: http.client.HTTPConnection = conn) -> bytes:
+        for label, server, server_path in (("hello", hello, "/"), (kind, to, path)):
             started = time.perf_counter()
-            to.request(method, path)
-            body = to.getresponse().read()
+            server.request(method, server_path)
+            body = server.getresponse().read()
             took.setdefault(label, []).append((time.perf_counter() - started) * 1000)
         return body
 
     try:
         for i in range(count):
+            timed(REDIS_FLOOR, "POST", "/redis", to=hello)
             code = json.loads(timed("checkout", "POST", f"/checkout?user_id=solo{i}&id={i + 1}"))
             timed("purchase", "POST", f"/purchase?code={code['code']}")
             timed("checkout?id=0", "POST", "/checkout?user_id=solo&id=0")
@@ -388,6 +391,8 @@ def print_one_buyer(served: dict[str, float], commit: float) -> None:
     print("| request | p50 ms | target |")
     print("|---|---|---|")
     print(f"| hello-world | {hello:.2f} | |")
+    floor = served[REDIS_FLOOR]
+    print(f"| {REDIS_FLOOR} | {floor:.2f} (x{floor / hello:.1f} hello) | |")
     checkout, purchase = served["checkout"], served["purchase"]
     print(f"| POST /checkout | {checkout:.2f} (x{checkout / hello:.1f} hello) | ≤ 2 x hello |")
     target = hello + commit + 0.5
@@ -537,7 +542,7 @@ def main() -> int:
         hello[hello.index("--port") + 1] = str(PORT + 1)
         hello_url = f"http://127.0.0.1:{PORT + 1}"
         with (
-            running(hello, dict(os.environ), hello_url),
+            running(hello, env, hello_url),
             running(serve, env, url + "/health"),
         ):
             served = one_buyer(url, hello_url, ONE_BUYER)
