@@ -46,6 +46,7 @@ CONNECTIONS = 64
 HELLO = "hello-world (bare ASGI)"
 ONE_BUYER = 300  # sequential requests of each kind
 REDIS_FLOOR = "hello-world + one Redis round trip"
+COMMIT = "one PostgreSQL commit"
 # Open buyers' pages polling during the VIEWED run, each as notsale/web/index.html does.
 VIEWERS = 50
 VIEW_POLL_S = 2.0
@@ -314,61 +315,59 @@ def on_cluster(rounds: int, run: Callable[[dict[str, str]], dict[str, float]]) -
         return ab(f"NOTSALE_REDIS_URL={cluster.url}", rounds, measured)
 
 
-def one_buyer(url: str, hello_url: str, count: int) -> dict[str, float]:
+def one_buyer(url: str, hello_url: str, database_url: str, count: int) -> dict[str, float]:
     """p50 in ms of each kind of request, sent one at a time by one keep-alive client
     (`http.client`) to an idle server: what one buyer alone waits. Each notsale request (a
     checkout of a new item, its purchase, a checkout refused before Redis decides, `id=0`,
     which only logs its attempt, and `/health`) follows a hello-world request to a server of
     its own, so that both see the machine in the same state: its speed drifts by half here
-    from one minute to the next. So does hello-world's /redis (REDIS_FLOOR), answered after
-    one Redis round trip: what is left of a checkout above it is notsale's own."""
+    from one minute to the next, and a request after an idle moment takes twice as long as
+    one in a tight loop. So do hello-world's /redis (REDIS_FLOOR), answered after one Redis
+    round trip: what is left of a checkout above it is notsale's own; and one PostgreSQL
+    commit (COMMIT) of a one-row insert from a connection of this process."""
 
     def connect(to: str) -> http.client.HTTPConnection:
         parts = urlsplit(to)
         return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
 
     conn, hello = connect(url), connect(hello_url)
+    loop = asyncio.new_event_loop()
+    db = loop.run_until_complete(asyncpg.connect(database_url))
+    loop.run_until_complete(db.execute("CREATE TABLE IF NOT EXISTS bench_commit (n integer)"))
     took: dict[str, list[float]] = {}
+
+    async def commit(n: int) -> float:
+        started = time.perf_counter()
+        async with db.transaction():
+            await db.execute("INSERT INTO bench_commit VALUES ($1)", n)
+        return (time.perf_counter() - started) * 1000
+
+    def get(server: http.client.HTTPConnection, method: str, path: str) -> bytes:
+        server.request(method, path)
+        return server.getresponse().read()
 
     def timed(kind: str, method: str, path: str, to: http.client.HTTPConnection = conn) -> bytes:
         for label, server, server_path in (("hello", hello, "/"), (kind, to, path)):
             started = time.perf_counter()
-            server.request(method, server_path)
-            body = server.getresponse().read()
+            body = get(server, method, server_path)
             took.setdefault(label, []).append((time.perf_counter() - started) * 1000)
         return body
 
     try:
         for i in range(count):
-            timed(REDIS_FLOOR, "POST", "/redis", to=hello)
+            timed(REDIS_FLOOR, "POST", "/redis", hello)
             code = json.loads(timed("checkout", "POST", f"/checkout?user_id=solo{i}&id={i + 1}"))
             timed("purchase", "POST", f"/purchase?code={code['code']}")
+            get(hello, "POST", "/")  # the commit, too, right after a hello-world request
+            took.setdefault(COMMIT, []).append(loop.run_until_complete(commit(i)))
             timed("checkout?id=0", "POST", "/checkout?user_id=solo&id=0")
             timed("GET /health", "GET", "/health")
     finally:
         conn.close()
         hello.close()
+        loop.run_until_complete(db.close())
+        loop.close()
     return {kind: median(ms) for kind, ms in took.items()}
-
-
-def commit_ms(database_url: str, count: int) -> float:
-    """p50 in ms of one PostgreSQL commit of a one-row insert, from one connection."""
-
-    async def commits() -> float:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (n integer)")
-            took = []
-            for n in range(count):
-                started = time.perf_counter()
-                async with conn.transaction():
-                    await conn.execute("INSERT INTO bench_commit VALUES ($1)", n)
-                took.append((time.perf_counter() - started) * 1000)
-            return median(took)
-        finally:
-            await conn.close()
-
-    return asyncio.run(commits())
 
 
 def print_budget(runs: dict[str, list[dict[str, float]]]) -> None:
@@ -385,7 +384,7 @@ def print_budget(runs: dict[str, list[dict[str, float]]]) -> None:
         print(f"| {label} | {' | '.join(cells)} | {sum(each):.0f} | {hello / sum(each):.2f} |")
 
 
-def print_one_buyer(served: dict[str, float], commit: float) -> None:
+def print_one_buyer(served: dict[str, float]) -> None:
     print(f"\none buyer alone: p50 of {ONE_BUYER} sequential requests each, one keep-alive client")
     hello = served["hello"]
     print("| request | p50 ms | target |")
@@ -393,13 +392,13 @@ def print_one_buyer(served: dict[str, float], commit: float) -> None:
     print(f"| hello-world | {hello:.2f} | |")
     floor = served[REDIS_FLOOR]
     print(f"| {REDIS_FLOOR} | {floor:.2f} (x{floor / hello:.1f} hello) | |")
-    checkout, purchase = served["checkout"], served["purchase"]
+    checkout, purchase, commit = served["checkout"], served["purchase"], served[COMMIT]
     print(f"| POST /checkout | {checkout:.2f} (x{checkout / hello:.1f} hello) | ≤ 2 x hello |")
     target = hello + commit + 0.5
     print(f"| POST /purchase | {purchase:.2f} | ≤ {target:.2f} (hello + one commit + 0.5 ms) |")
     for kind in ("checkout?id=0", "GET /health"):
         print(f"| {kind} | {served[kind]:.2f} | |")
-    print(f"| one PostgreSQL commit | {commit:.2f} | |")
+    print(f"| {COMMIT} | {commit:.2f} | |")
 
 
 def soak(total: int, workers: int, serve: list[str], url: str, base: Settings) -> int:
@@ -545,8 +544,8 @@ def main() -> int:
             running(hello, env, hello_url),
             running(serve, env, url + "/health"),
         ):
-            served = one_buyer(url, hello_url, ONE_BUYER)
-        print_one_buyer(served, commit_ms(env["NOTSALE_DATABASE_URL"], ONE_BUYER))
+            served = one_buyer(url, hello_url, env["NOTSALE_DATABASE_URL"], ONE_BUYER)
+        print_one_buyer(served)
 
     if opts.one_buyer:
         one_buyer_run()

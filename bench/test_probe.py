@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from bench.probe import probe, summary
-from bench.run import REDIS_FLOOR, commit_ms, one_buyer, running
+from bench.run import COMMIT, REDIS_FLOOR, one_buyer, running
 from tests.conftest import free_port
 
 
@@ -35,8 +35,10 @@ async def test_one_buyer_times_each_kind_of_request_and_buys_what_it_checks_out(
     hello_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "NOTSALE_REDIS_URL": stores.redis_url}
     with running([*hello, "bench.hello:app"], env, hello_url):
-        took = await asyncio.to_thread(one_buyer, server.base_url, hello_url, 5)
-    kinds = {"hello", REDIS_FLOOR, "checkout", "purchase", "checkout?id=0", "GET /health"}
+        took = await asyncio.to_thread(
+            one_buyer, server.base_url, hello_url, stores.database_url, 5
+        )
+    kinds = {"hello", REDIS_FLOOR, "checkout", "purchase", COMMIT, "checkout?id=0", "GET /health"}
     assert set(took) == kinds
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 5
-    assert await asyncio.to_thread(commit_ms, stores.database_url, 3) > 0
+    assert await db.fetchval("SELECT count(*) FROM bench_commit") == 5

@@ -21,6 +21,7 @@ from notsale.store.migrations import migrate, migration_files, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow
+from notsale.store.writer import KEEP_CONNECTION_S, GroupCommit
 from tests.conftest import BASE, free_port, open_engine
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -97,6 +98,33 @@ async def test_writing_the_same_rows_twice_is_harmless(
         ("u", "c0de"),
         ("u", "c1"),
     ]
+
+
+async def test_the_group_commit_replaces_a_connection_postgresql_dropped(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The writer keeps its connection from one commit to the next: one that PostgreSQL
+    closed meanwhile is replaced, and the next rows are written, not refused."""
+    pool = await create_pool(settings.database_url)
+    writer = GroupCommit(pool, settings.user_limit)
+    writer.start()
+    try:
+        await writer.write_attempt(AttemptRow("7:1-1", 7, "u", 1, None, "ok", None, NOW))
+        dropped = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert dropped == 1
+        await asyncio.sleep(0.1)  # the driver notices the closed connection
+        await writer.write_purchase(PurchaseRow(7, 2, "u", "c1", NOW, 1))
+        await writer.write_attempt(AttemptRow("7:1-2", 7, "u", 2, None, "ok", None, NOW))
+        await asyncio.sleep(KEEP_CONNECTION_S + 0.5)  # idle: the pool gets it back
+        assert pool.get_idle_size() == 1
+    finally:
+        await writer.close()
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 2
+    assert await db.fetchval("SELECT count(*) FROM purchases") == 1
 
 
 async def test_postgres_refuses_a_purchase_past_the_user_limit_whatever_redis_counted(
