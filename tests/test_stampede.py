@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +20,8 @@ SALE_SIZE = 30
 USER_LIMIT = 2
 BUYERS = 250  # demand: 250 buyers x 2 items = 500, for 30 items
 GIVE_UP_CHECK_EVERY = 5  # after every 5 refusals a buyer looks whether all is sold
+# Longer than a test of one sale takes (seen: a crowd crossing the hour sold both sales).
+SALE_CHANGE_MARGIN_S = 60
 
 
 class Tally:
@@ -58,10 +61,16 @@ async def buyer(http: httpx.AsyncClient, user: str, tally: Tally, rng: random.Ra
 
 
 async def crowd(server: Any, users: range, tally: Tally, seed: int) -> dict[str, Any]:
-    """Runs buyers user<n> for n in `users` at once; returns /sales/current afterwards."""
+    """Runs buyers user<n> for n in `users` at once; returns /sales/current afterwards. A
+    crowd that would meet the next sale's start waits for it: every buyer of a test then
+    rushes the same sale (an unnamed checkout is for the running one)."""
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=100)
     async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as http:
+        ends = dt.datetime.fromisoformat((await http.get("/sales/current")).json()["ends_at"])
+        left_s = (ends - dt.datetime.now(dt.UTC)).total_seconds()
+        if left_s < SALE_CHANGE_MARGIN_S:
+            await asyncio.sleep(left_s + 1)
         await asyncio.gather(*(buyer(http, f"buyer{n}", tally, rng) for n in users))
         return dict((await http.get("/sales/current")).json())
 
