@@ -26,24 +26,38 @@ async def test_scripts_reload_after_redis_forgets_them(
         assert (await engine.checkout("amy", 2)).outcome is None
 
 
-async def test_a_crowd_rides_in_two_script_runs_decided_in_arrival_order(
+async def test_a_crowd_rides_in_one_script_run_and_latecomers_in_the_next(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """A lone operation goes at once; all that arrive while it is on the wire ride together
-    in the next run (engine/batch.py)."""
+    """Operations arriving together go in one run, decided in arrival order; those arriving
+    while it is on the wire ride together in the next one (engine/batch.py)."""
     async with open_engine(settings) as engine:
         assert (await engine.checkout("amy", 1)).outcome is None  # the sale is ready
         runs: list[int] = []
+        on_the_wire = asyncio.Event()
+        release = asyncio.Event()
         send = engine._batcher._send
 
         async def counted(sale_id: int, words: list[Any]) -> list[Any]:
-            runs.append(len(words))
+            runs.append(len(words) // 6)  # a checkout is six words
+            on_the_wire.set()
+            await release.wait()
             return await send(sale_id, words)
 
         engine._batcher._send = counted
-        crowd = await asyncio.gather(*(engine.checkout(f"user{n}", 2) for n in range(50)))
-    assert [d.outcome for d in crowd] == [None] + [ErrorCode.ITEM_HELD] * 49
-    assert runs == [6, 49 * 6]  # a checkout is six words
+        release.set()
+        assert (await engine.checkout("bob", 4)).outcome is None  # alone: a run of its own
+        release.clear()
+        on_the_wire.clear()
+        crowd = asyncio.gather(*(engine.checkout(f"user{n}", 2) for n in range(20)))
+        await on_the_wire.wait()
+        later = asyncio.gather(*(engine.checkout(f"late{n}", 3) for n in range(30)))
+        await asyncio.sleep(0.01)
+        release.set()
+        held = [ErrorCode.ITEM_HELD]
+        assert [d.outcome for d in await crowd] == [None, *held * 19]
+        assert [d.outcome for d in await later] == [None, *held * 29]
+    assert runs == [1, 20, 30]
 
 
 async def test_sale_keys_expire_after_their_sale_closes(

@@ -3,8 +3,7 @@ together in the next one, so a stampede costs one round trip per batch, not per 
 
 One batch per sale is in flight at a time and the next one carries everything that arrived
 meanwhile, in arrival order: the decisions are exactly those of running the requests one by
-one in that order. A lone request (none of its sale in flight) is sent at once, from its own
-task: one buyer alone waits for no other task (bench/RESULTS.md, one buyer).
+one in that order. A lone request is sent at once (on the next loop iteration).
 """
 
 from __future__ import annotations
@@ -20,13 +19,14 @@ Sender = Callable[[int, list[Any]], Awaitable[list[Any]]]
 
 
 class _Lane:
-    """A sale with a batch in flight, and the operations waiting for the next one."""
+    """The queue and the in-flight flag of one sale."""
 
-    __slots__ = ("ops", "waiters")
+    __slots__ = ("busy", "ops", "waiters")
 
     def __init__(self) -> None:
         self.ops: list[list[Any]] = []
         self.waiters: list[asyncio.Future[Any]] = []
+        self.busy = False
 
 
 class Batcher:
@@ -35,28 +35,26 @@ class Batcher:
         self._lanes: dict[int, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
 
-    async def submit(self, sale_id: int, op: list[Any]) -> Any:
-        """One operation (its ARGV words); returns that operation's reply."""
+    def submit(self, sale_id: int, op: list[Any]) -> asyncio.Future[Any]:
+        """Queue one operation (its ARGV words); the future gets that operation's reply."""
         lane = self._lanes.get(sale_id)
-        if lane is not None:  # a batch is in flight: ride in the next one
-            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            lane.ops.append(op)
-            lane.waiters.append(waiter)
-            return await waiter
-        lane = self._lanes[sale_id] = _Lane()
-        try:
-            return (await self._send(sale_id, op))[0]
-        finally:
-            if lane.waiters:  # arrived meanwhile: a task of the lane's own sends them
-                task = asyncio.get_running_loop().create_task(self._drain(sale_id, lane))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
-                del self._lanes[sale_id]
+        if lane is None:
+            lane = self._lanes[sale_id] = _Lane()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        lane.ops.append(op)
+        lane.waiters.append(waiter)
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(sale_id, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return waiter
 
     async def _drain(self, sale_id: int, lane: _Lane) -> None:
+        # The first batch goes at once: this task's first step runs after the requests of
+        # the tick that started it, so they have joined it already.
         try:
-            while lane.waiters:
+            while True:
                 ops, waiters = lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 del lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
                 try:
@@ -69,6 +67,10 @@ class Batcher:
                     for w, reply in zip(waiters, replies, strict=True):
                         if not w.done():
                             w.set_result(reply)
+                if not lane.waiters:
+                    break
                 await asyncio.sleep(0)  # let the rest of this loop tick's requests join
         finally:
-            del self._lanes[sale_id]
+            lane.busy = False
+            if not lane.waiters:
+                self._lanes.pop(sale_id, None)
