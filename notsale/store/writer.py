@@ -37,7 +37,7 @@ COMMIT_DEADLINE_S = 2 * QUERY_TIMEOUT_S
 LATER_RETRY_S = 1.0
 LATER_MAX = 100_000
 # The writer keeps its connection from one commit to the next (taking one from the pool and
-# handing it back cost a lone purchase ~0.15 ms here), and hands it back after this long
+# handing it back cost a lone purchase ~0.14 ms here), and hands it back after this long
 # without a commit, so that the pool's own care of idle connections applies.
 KEEP_CONNECTION_S = 1.0
 
