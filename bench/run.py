@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -70,9 +72,10 @@ MODES: tuple[tuple[str, str, tuple[str, ...], dict[str, str]], ...] = (
 )
 
 
-def fresh_stores(base: Settings) -> tuple[str, str]:
-    """A new empty, migrated database and an empty Redis DB index, as URLs."""
-    name = f"notsale_bench_{int(time.time())}"
+def fresh_stores(base: Settings, beside: bool = False) -> tuple[str, str]:
+    """A new empty, migrated database and an empty Redis DB index, as URLs; `beside`: a
+    second set, for a server run beside the first (made after it: the first drops old ones)."""
+    name = f"notsale_bench_{int(time.time())}{'_beside' if beside else ''}"
 
     async def drop_old() -> None:
         admin = await asyncpg.connect(base.database_url)
@@ -84,10 +87,11 @@ def fresh_stores(base: Settings) -> tuple[str, str]:
         finally:
             await admin.close()
 
-    asyncio.run(drop_old())
+    if not beside:
+        asyncio.run(drop_old())
     database_url = with_path(base.database_url, "/" + name)
     asyncio.run(migrate(database_url))  # creates it
-    redis_url = with_path(base.redis_url, f"/{BENCH_REDIS_DB}")
+    redis_url = with_path(base.redis_url, f"/{BENCH_REDIS_DB - 1 if beside else BENCH_REDIS_DB}")
 
     async def flush() -> None:
         async with connect(redis_url) as redis:
@@ -108,11 +112,22 @@ def wait_up(url: str) -> None:
     raise SystemExit(f"nothing answered at {url}")
 
 
+def checkout_of(rev: str, stack: contextlib.ExitStack) -> Path:
+    """This repository at `rev`, cloned into a directory removed when `stack` closes."""
+    where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="notsale-")))
+    subprocess.run(["git", "clone", "-q", str(REPO), str(where)], check=True)
+    subprocess.run(["git", "-C", str(where), "checkout", "-q", rev], check=True)
+    return where
+
+
 @contextmanager
-def running(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    cmd: list[str], env: dict[str, str], ready: str, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         cmd,
         env=env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -315,7 +330,9 @@ def on_cluster(rounds: int, run: Callable[[dict[str, str]], dict[str, float]]) -
         return ab(f"NOTSALE_REDIS_URL={cluster.url}", rounds, measured)
 
 
-def one_buyer(url: str, hello_url: str, database_url: str, count: int) -> dict[str, float]:
+def one_buyer(
+    url: str, hello_url: str, database_url: str, count: int, beside: str | None = None
+) -> dict[str, float]:
     """p50 in ms of each kind of request, sent one at a time by one keep-alive client
     (`http.client`) to an idle server: what one buyer alone waits. Each notsale request (a
     checkout of a new item, its purchase, a checkout refused before Redis decides, `id=0`,
@@ -324,7 +341,9 @@ def one_buyer(url: str, hello_url: str, database_url: str, count: int) -> dict[s
     from one minute to the next, and a request after an idle moment takes twice as long as
     one in a tight loop. So do hello-world's /redis (REDIS_FLOOR), answered after one Redis
     round trip: what is left of a checkout above it is notsale's own; and one PostgreSQL
-    commit (COMMIT) of a one-row insert from a connection of this process."""
+    commit (COMMIT) of a one-row insert from a connection of this process. With `beside`,
+    another notsale's checkouts and purchases are timed the same way in the same rounds
+    ("checkout beside", "purchase beside"), the two taking turns at going first."""
 
     def connect(to: str) -> http.client.HTTPConnection:
         parts = urlsplit(to)
@@ -353,17 +372,22 @@ def one_buyer(url: str, hello_url: str, database_url: str, count: int) -> dict[s
             took.setdefault(label, []).append((time.perf_counter() - started) * 1000)
         return body
 
+    # The server beside buys items of its own (count + 1 on), should both share their stores.
+    servers = [("", conn, 1), *([(" beside", connect(beside), count + 1)] if beside else [])]
     try:
         for i in range(count):
             timed(REDIS_FLOOR, "POST", "/redis", hello)
-            code = json.loads(timed("checkout", "POST", f"/checkout?user_id=solo{i}&id={i + 1}"))
-            timed("purchase", "POST", f"/purchase?code={code['code']}")
+            for label, server, first in servers[i % 2 :] + servers[: i % 2]:
+                checkout = f"/checkout?user_id=solo{i}&id={first + i}"
+                code = json.loads(timed("checkout" + label, "POST", checkout, server))["code"]
+                timed("purchase" + label, "POST", f"/purchase?code={code}", server)
             get(hello, "POST", "/")  # the commit, too, right after a hello-world request
             took.setdefault(COMMIT, []).append(loop.run_until_complete(commit(i)))
             timed("checkout?id=0", "POST", "/checkout?user_id=solo&id=0")
             timed("GET /health", "GET", "/health")
     finally:
-        conn.close()
+        for _, server, _ in servers:
+            server.close()
         hello.close()
         loop.run_until_complete(db.close())
         loop.close()
@@ -384,7 +408,7 @@ def print_budget(runs: dict[str, list[dict[str, float]]]) -> None:
         print(f"| {label} | {' | '.join(cells)} | {sum(each):.0f} | {hello / sum(each):.2f} |")
 
 
-def print_one_buyer(served: dict[str, float]) -> None:
+def print_one_buyer(served: dict[str, float], against: str = "") -> None:
     print(f"\none buyer alone: p50 of {ONE_BUYER} sequential requests each, one keep-alive client")
     hello = served["hello"]
     print("| request | p50 ms | target |")
@@ -396,6 +420,10 @@ def print_one_buyer(served: dict[str, float]) -> None:
     print(f"| POST /checkout | {checkout:.2f} (x{checkout / hello:.1f} hello) | ≤ 2 x hello |")
     target = hello + commit + 0.5
     print(f"| POST /purchase | {purchase:.2f} | ≤ {target:.2f} (hello + one commit + 0.5 ms) |")
+    if "checkout beside" in served:
+        beside = served["checkout beside"]
+        print(f"| POST /checkout, {against} | {beside:.2f} (x{beside / hello:.1f} hello) | |")
+        print(f"| POST /purchase, {against} | {served['purchase beside']:.2f} | |")
     for kind in ("checkout?id=0", "GET /health"):
         print(f"| {kind} | {served[kind]:.2f} | |")
     print(f"| {COMMIT} | {commit:.2f} | |")
@@ -450,6 +478,12 @@ def main() -> int:
         "--one-buyer",
         action="store_true",
         help="instead: only what one buyer alone waits (sequential requests, idle server)",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="--one-buyer, timing the checkouts and purchases of git revision REV too, served "
+        "beside this code's (a clone in a temporary directory), in the same rounds",
     )
     parser.add_argument(
         "--soak",
@@ -540,14 +574,26 @@ def main() -> int:
         hello = [*granian, "bench.hello:app"]
         hello[hello.index("--port") + 1] = str(PORT + 1)
         hello_url = f"http://127.0.0.1:{PORT + 1}"
-        with (
-            running(hello, env, hello_url),
-            running(serve, env, url + "/health"),
-        ):
-            served = one_buyer(url, hello_url, env["NOTSALE_DATABASE_URL"], ONE_BUYER)
-        print_one_buyer(served)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(running(hello, env, hello_url))
+            stack.enter_context(running(serve, env, url + "/health"))
+            beside = None
+            if opts.against:
+                database_url, redis_url = fresh_stores(base, beside=True)
+                beside = f"http://127.0.0.1:{PORT + 2}"
+                other = {
+                    **env,
+                    "NOTSALE_PORT": str(PORT + 2),
+                    "NOTSALE_DATABASE_URL": database_url,
+                    "NOTSALE_REDIS_URL": redis_url,
+                    "PYTHONPATH": str(checkout_of(opts.against, stack)),
+                }
+                cwd = Path(other["PYTHONPATH"])
+                stack.enter_context(running(serve, other, beside + "/health", cwd))
+            served = one_buyer(url, hello_url, env["NOTSALE_DATABASE_URL"], ONE_BUYER, beside)
+        print_one_buyer(served, opts.against)
 
-    if opts.one_buyer:
+    if opts.one_buyer or opts.against:
         one_buyer_run()
         return 0
     if opts.cluster:

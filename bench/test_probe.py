@@ -30,15 +30,16 @@ async def test_one_buyer_times_each_kind_of_request_and_buys_what_it_checks_out(
     serve: Callable[..., Any], db: asyncpg.Connection, stores: Any
 ) -> None:
     server = await serve(sale_size=20, user_limit=3, workers=1)
+    beside = await serve(sale_size=20, user_limit=3, workers=1)  # on the same stores
     port = free_port()
     hello = [sys.executable, "-m", "granian", "--interface", "asgi", "--port", str(port)]
     hello_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "NOTSALE_REDIS_URL": stores.redis_url}
     with running([*hello, "bench.hello:app"], env, hello_url):
         took = await asyncio.to_thread(
-            one_buyer, server.base_url, hello_url, stores.database_url, 5
+            one_buyer, server.base_url, hello_url, stores.database_url, 5, beside.base_url
         )
     kinds = {"hello", REDIS_FLOOR, "checkout", "purchase", COMMIT, "checkout?id=0", "GET /health"}
-    assert set(took) == kinds
-    assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 5
+    assert set(took) == kinds | {"checkout beside", "purchase beside"}
+    assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 10
     assert await db.fetchval("SELECT count(*) FROM bench_commit") == 5
