@@ -40,6 +40,8 @@ async def test_one_buyer_times_each_kind_of_request_and_buys_what_it_checks_out(
             one_buyer, server.base_url, hello_url, stores.database_url, 5, beside.base_url
         )
     kinds = {"hello", REDIS_FLOOR, "checkout", "purchase", COMMIT, "checkout?id=0", "GET /health"}
-    assert set(took) == kinds | {"checkout beside", "purchase beside"}
+    # The server beside is sent every request the first is: one sent more runs warmer.
+    served = kinds - {"hello", REDIS_FLOOR, COMMIT}
+    assert set(took) == kinds | {kind + " beside" for kind in served}
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id LIKE 'solo%'") == 10
     assert await db.fetchval("SELECT count(*) FROM bench_commit") == 5
