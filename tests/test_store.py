@@ -127,6 +127,27 @@ async def test_the_group_commit_replaces_a_connection_postgresql_dropped(
     assert await db.fetchval("SELECT count(*) FROM purchases") == 1
 
 
+async def test_a_write_on_a_connection_postgresql_dropped_is_not_the_rows_fault(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A call on a connection already lost fails with the driver's InterfaceError, the error
+    it also gives arguments it cannot take: it must not set the rows aside as faulty (the
+    flusher would move their entries to outbox_rejects), but fail the write, to be retried."""
+    attempts = [AttemptRow(f"7:1-{n}", 7, "u", n, None, "ok", None, NOW) for n in (1, 2)]
+    conn = await asyncpg.connect(settings.database_url)
+    lost = asyncio.Event()
+    conn.add_termination_listener(lambda _: lost.set())
+    try:
+        await db.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        async with asyncio.timeout(5):
+            await lost.wait()  # the driver noticed the closed socket
+        for groups in ([(attempts, [])], [([a], []) for a in attempts]):
+            with pytest.raises(asyncpg.exceptions.InterfaceError):
+                await rows.write_groups(conn, groups, LIMIT, 5.0)
+    finally:
+        await conn.close()
+
+
 async def test_postgres_refuses_a_purchase_past_the_user_limit_whatever_redis_counted(
     settings: Settings, db: asyncpg.Connection, write: Any
 ) -> None:

@@ -170,9 +170,19 @@ ROW_FAULTS = (
 STORE_FAULTS = (OSError, TimeoutError, asyncpg.exceptions.PostgresError)
 
 
-def is_row_fault(exc: BaseException) -> bool:
-    """True unless PostgreSQL itself failed or refused (then the rows wait and are retried)."""
-    return isinstance(exc, ROW_FAULTS) or not isinstance(exc, STORE_FAULTS)
+def is_row_fault(exc: BaseException, conn: asyncpg.Connection) -> bool:
+    """True unless PostgreSQL itself failed or refused (then the rows wait and are retried).
+    Whatever fails on a connection that was lost is not the rows' fault."""
+    return (isinstance(exc, ROW_FAULTS) or not isinstance(exc, STORE_FAULTS)) and usable(conn)
+
+
+def usable(conn: asyncpg.Connection) -> bool:
+    """False once the connection was lost: every call on it then fails with InterfaceError,
+    as if its arguments were at fault (and a pool's connection goes back to its pool)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return False
 
 
 INSERT_REJECTS = """
@@ -234,7 +244,7 @@ async def write_groups(
         refused = await write_rows(conn, every_attempt, every_purchase, user_limit, timeout)
         return [refused] * len(groups)
     except Exception as exc:
-        if not is_row_fault(exc):
+        if not is_row_fault(exc, conn):
             raise
         if len(groups) == 1:
             return [exc]
@@ -243,7 +253,7 @@ async def write_groups(
         try:
             outcomes.append(await write_rows(conn, attempts, purchases, user_limit, timeout))
         except Exception as exc:
-            if not is_row_fault(exc):
+            if not is_row_fault(exc, conn):
                 raise
             outcomes.append(exc)
     return outcomes

@@ -25,7 +25,7 @@ import asyncpg
 from notsale import metrics
 from notsale.errors import NotsaleError, Store, Unavailable
 from notsale.store.pool import QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, Refused, write_groups
+from notsale.store.rows import AttemptRow, PurchaseRow, Refused, usable, write_groups
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ LATER_MAX = 100_000
 # handing it back cost a lone purchase ~0.14 ms here), and hands it back after this long
 # without a commit, so that the pool's own care of idle connections applies.
 KEEP_CONNECTION_S = 1.0
-
-
-def usable(conn: asyncpg.Connection) -> bool:
-    """False once the connection was lost: the pool then takes it back by itself, and every
-    call on it fails as if its arguments were at fault (InterfaceError)."""
-    try:
-        return not conn.is_closed()
-    except asyncpg.exceptions.InterfaceError:
-        return False
 
 
 class Waiting(NamedTuple):
