@@ -583,15 +583,15 @@ def main() -> int:
             if opts.against:
                 database_url, redis_url = fresh_stores(base, beside=True)
                 beside = f"http://127.0.0.1:{PORT + 2}"
+                clone = checkout_of(opts.against, stack)
                 other = {
                     **env,
                     "NOTSALE_PORT": str(PORT + 2),
                     "NOTSALE_DATABASE_URL": database_url,
                     "NOTSALE_REDIS_URL": redis_url,
-                    "PYTHONPATH": str(checkout_of(opts.against, stack)),
+                    "PYTHONPATH": str(clone),
                 }
-                cwd = Path(other["PYTHONPATH"])
-                stack.enter_context(running(serve, other, beside + "/health", cwd))
+                stack.enter_context(running(serve, other, beside + "/health", clone))
             served = one_buyer(url, hello_url, env["NOTSALE_DATABASE_URL"], ONE_BUYER, beside)
         print_one_buyer(served, opts.against)
 
