@@ -135,9 +135,8 @@ def granian(settings: Settings) -> Any:
 
 
 async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
-    from notsale.engine.client import connect, server_id
+    from notsale.engine.client import connect
     from notsale.engine.clock import current_sale
-    from notsale.engine.keys import sale_keys
     from notsale.store.pool import create_pool
     from notsale.store.reconcile import Reconciler
 
@@ -147,9 +146,7 @@ async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int
         async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
             if not check:
-                restored = await reconciler.rebuild(
-                    sale, await server_id(redis, sale_keys(sale).ready)
-                )
+                restored = await reconciler.rebuild(sale)
                 print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
             found = await reconciler.differences(sale)
     finally:

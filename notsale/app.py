@@ -85,12 +85,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 settings, redis, engine, pool, reads, writer, flusher, reconciler
             )
             try:
-                # Before the first request: know which Redis answers, rebuild the running
-                # sale if Redis lost it, and mark the next one ready.
+                # Before the first request: mark the next sale ready, and rebuild the running
+                # one if Redis lost it.
                 await watch.check()
                 await warn_on_eviction(engine)
                 running = current_sale(settings.sale_seconds)
-                await reconciler.ensure_ready(running, await engine.server(running))
+                if await engine.read(running) is None:
+                    await reconciler.ensure_ready(running)
             except (NotsaleError, *REDIS_DOWN) as exc:
                 log.warning(
                     "sale not prepared at start; the first checkout will retry",

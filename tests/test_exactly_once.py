@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -28,10 +30,10 @@ from notsale.engine.client import connect
 from notsale.engine.clock import current_sale
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store import flusher as flusher_module
-from notsale.store.flusher import GROUP, MAX_DELIVERIES, Flusher
+from notsale.store.flusher import GROUP, Flusher
 from notsale.store.migrations import migrate
 from notsale.store.pool import create_pool
-from notsale.store.reconcile import REBUILD_DEADLINE_S
+from notsale.store.reconcile import REBUILD_DEADLINE_S, Reconciler
 from tests.conftest import Stores, Throwaway, wait_for
 from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
@@ -239,6 +241,35 @@ async def test_redis_restarted_from_an_older_snapshot_is_rebuilt_and_sells_nothi
     assert await db.fetchval("SELECT count(*) FROM purchases") == 2
 
 
+async def test_after_a_rollback_nothing_is_decided_or_read_on_the_older_state(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    """Holes 2, 3 and 4: Redis restarts from a snapshot taken while the user (limit 3) had
+    bought items 1 and 2 and held item 3, which they bought after it. At once (no worker has
+    had time to notice the restart), item 3 reads sold, the user's next checkout is refused
+    429, and buying item 3 again answers the stored purchase: the sale was rebuilt first."""
+    with RedisServer() as server:
+        settings = make_settings(redis_url=server.url, user_limit=3)
+        sale = current_sale(settings.sale_seconds)
+        async with app_client(settings) as client:
+            codes = [(await checkout(client, "una", item)).json()["code"] for item in (1, 2, 3)]
+            for code in codes[:2]:
+                assert (await purchase(client, code)).status_code == 200
+            async with connect(server.url) as admin:
+                await admin.save()  # the snapshot Redis will come back with
+            assert (await purchase(client, codes[2])).status_code == 200
+            await asyncio.to_thread(server.restart)  # SIGKILL, then start from the snapshot
+            item = await client.get(f"/sales/{sale}/items/3")
+            assert item.status_code == 200 and item.json()["status"] == "sold"
+            assert_error(await checkout(client, "una", 4), 429, "user_limit")
+            assert_error(await checkout(client, "vic", 3), 409, "item_sold")
+            retry = await purchase(client, codes[2])
+            assert retry.status_code == 200 and retry.json()["item_id"] == 3
+            check = notsale_cli(settings, "reconcile", "--check")
+            assert check.returncode == 0, check.stdout
+    assert await db.fetchval("SELECT count(*) FROM purchases") == 3
+
+
 async def test_postgres_refuses_what_redis_gets_wrong_before_it_notices(
     settings: Settings, client: Client, db: asyncpg.Connection
 ) -> None:
@@ -255,10 +286,15 @@ async def test_postgres_refuses_what_redis_gets_wrong_before_it_notices(
         await redis.hdel(keys.code, [codes[2]])
         extra = (await checkout(client, "ida", 4)).json()["code"]
         assert_error(await purchase(client, extra), 429, "user_limit")
-        # The refusal made the sale rebuild: Redis knows all three again.
+        # The refusal made the sale rebuild: Redis knows all three again, and item 4,
+        # which Redis alone had sold, is free (its code's user is at the limit).
         assert_error(await checkout(client, "ida", 5), 429, "user_limit")
         assert_error(await checkout(client, "jo", 3), 409, "item_sold")
+        assert (await checkout(client, "jo", 4)).status_code == 200
+        assert_error(await purchase(client, extra), 410, "code_expired")
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id = 'ida'") == 3
+    check = notsale_cli(settings, "reconcile", "--check")
+    assert check.returncode == 0, check.stdout
 
 
 async def test_one_bad_entry_in_a_copy_batch_is_set_aside_and_the_rest_written(
@@ -289,30 +325,58 @@ async def test_one_bad_entry_in_a_copy_batch_is_set_aside_and_the_rest_written(
     assert "99999999999" in reject["payload"] and reject["error"]
 
 
-async def test_an_entry_handed_out_too_often_is_set_aside(
+async def test_an_entry_handed_out_many_times_is_written_not_set_aside(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """Case 5: an entry whose every reader dies before writing it (it crashes them, or they
-    are killed) is set aside after MAX_DELIVERIES instead of being handed out forever."""
-    outbox = sale_keys(current_sale(settings.sale_seconds)).outbox
+    """Hole 1: Redis counts every re-read of a pending entry as a delivery, and a flusher
+    re-reads its own every RETRY_DELAY_S while PostgreSQL is away. However often it was
+    handed out, an entry PostgreSQL takes is written, never set aside (here by a drain, which
+    claims every pending entry at once, as `notsale reconcile` does)."""
+    sale = current_sale(settings.sale_seconds)
+    outbox = sale_keys(sale).outbox
     entry = msgspec.json.encode(["c", "r1", "u", "5", "item_held", "", "1795482486613", 0])
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
-            flusher = Flusher(redis, pool, settings, claim_idle_ms=0)
-            await flusher.flush_once(block_ms=1)  # creates the group
+            await redis.xgroup_create(outbox, GROUP, "0", mkstream=True)
             entry_id = await redis.xadd(outbox, {"e": entry})
             await redis.xreadgroup(GROUP, "dead-0", streams={outbox: ">"})
-            for n in range(1, MAX_DELIVERIES):
+            for n in range(1, 20):
                 await redis.xclaim(outbox, GROUP, f"dead-{n}", 0, [entry_id])
-            flusher._next_claim = 0
-            assert await flusher.flush_once(block_ms=1) == 0
+            assert await Reconciler(redis, pool, settings).drain(sale) == 1
             assert await redis.xlen(outbox) == 0
     finally:
         await pool.close()
-    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 0
-    [reject] = await db.fetch("SELECT entry_id, error FROM outbox_rejects")
-    assert reject["entry_id"] == entry_id and "delivered" in reject["error"]
+    assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
+    assert await db.fetchval("SELECT count(*) FROM outbox_rejects") == 0
+
+
+async def test_rows_of_killed_workers_survive_a_postgres_outage_and_none_is_set_aside(
+    serve: Callable[..., Any], settings: Settings, stores: Stores, db: asyncpg.Connection
+) -> None:
+    """Hole 1, as found: two workers behind a proxy, PostgreSQL refusing for seconds (their
+    flushers re-read the pending entries meanwhile), both SIGKILLed, PostgreSQL back, then
+    `notsale reconcile` drains the outbox: every answered checkout has its row."""
+    with in_front_of(stores.database_url, PG_PORT) as (pg, url):
+        server = await serve(database_url=url, workers=2)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            pg.refuse()
+            answers = [
+                await http.post("/checkout", params={"user_id": f"k{n}", "id": str(n)})
+                for n in range(1, 21)
+            ]
+            assert [a.status_code for a in answers] == [200] * 20
+            await asyncio.sleep(4)  # > MAX_DELIVERIES (5) re-reads at RETRY_DELAY_S, as was
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        pg.refuse(False)
+    check = notsale_cli(settings, "reconcile")
+    assert check.returncode == 0, check.stdout + check.stderr
+    users = await db.fetchval(
+        "SELECT count(DISTINCT user_id) FROM checkout_attempts WHERE outcome = 'ok'"
+    )
+    assert users == 20
+    assert await db.fetchval("SELECT count(*) FROM outbox_rejects") == 0
 
 
 async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_no_row(

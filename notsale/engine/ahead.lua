@@ -3,8 +3,8 @@
 -- rebuild. Once it has started (on Redis' clock) only a rebuild may mark it (reconcile.lua).
 --
 -- KEYS: 1 ready (as in sale.lua)
--- ARGV: 1 the sale's start, unix ms  2 the Redis server id  3 unix ms at which the key expires
--- Returns 1 when marked (or already marked under this id), 0 when the sale has started.
+-- ARGV: 1 the sale's start, unix ms  2 unix ms at which the key expires
+-- Returns 1 when marked (or already marked under this server's id), 0 when the sale has started.
 -- Every worker calls it every WATCH_EVERY_S: it writes (and so appends to the AOF) only when
 -- the mark is missing or names another server.
 
@@ -13,7 +13,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(ARGV[1]) then
   return 0
 end
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if redis.call('GET', KEYS[1]) ~= server then
+  redis.call('SET', KEYS[1], server, 'PXAT', ARGV[2])
 end
 return 1

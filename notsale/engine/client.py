@@ -24,9 +24,6 @@ REDIS_DOWN = (coredis.exceptions.RedisError, TimeoutError, OSError)
 # sale shares a slot (engine/keys.py), so each sale's commands and scripts run on both.
 Client: TypeAlias = coredis.client.Client[str]
 
-# The run_id of the server that holds KEYS[1]: on a cluster, the master of that key's slot.
-WHOAMI = "return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')"
-
 
 class _Cluster(coredis.RedisCluster[str]):
     """coredis 6.9 counts a node's failures to decide when to learn the cluster's layout
@@ -64,9 +61,3 @@ def connect(url: str) -> coredis.Redis[str] | coredis.RedisCluster[str]:
         # Redirects (MOVED, ASK) are followed: the command did not run where it was sent.
         **options,
     )
-
-
-async def server_id(redis: Client, key: str) -> str:
-    """The run_id of the Redis that holds `key`. It changes whenever that is another process:
-    a restart (which may have reloaded an older AOF or snapshot) or a failover to a replica."""
-    return str(await redis.register_script(WHOAMI)(keys=[key]))

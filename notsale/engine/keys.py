@@ -10,7 +10,8 @@ OUTBOX_REGISTRY = "notsale:outboxes"
 
 
 class SaleKeys(NamedTuple):
-    """The keys of one sale, in the KEYS order of sale.lua (its header says what each holds)."""
+    """The keys of one sale, in the KEYS order of sale.lua and reconcile.lua (their headers
+    say what each holds; the last is reconcile.lua's alone)."""
 
     hold: str
     hexp: str
@@ -19,6 +20,7 @@ class SaleKeys(NamedTuple):
     users: str
     outbox: str
     ready: str
+    lease: str
 
 
 def sale_keys(sale_id: int) -> SaleKeys:

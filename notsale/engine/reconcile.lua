@@ -1,19 +1,53 @@
--- reconcile.lua: make one sale's Redis state agree with what PostgreSQL stored.
+-- reconcile.lua: make one sale's Redis state what PostgreSQL stored, in chunks.
 --
--- KEYS: the seven keys of sale.lua (hold, hexp, sold, code, users, outbox, ready).
--- ARGV: 1 unix ms at which the sale's keys expire  2 the Redis server id to mark the sale
---       ready under at the end ("" = not yet: more chunks follow), then operations:
+-- KEYS: the seven keys of sale.lua (hold, hexp, sold, code, users, outbox, ready), then
+--       8 lease  string: the token of the one rebuild of this sale under way
+-- ARGV: 1 unix ms at which the sale's keys expire  2 the lease's token  3 "1" on the last
+--       chunk: mark the sale ready under this server's id and end the lease  4 the user
+--       limit; then operations, each kind after the ones above it:
 --         "p", item_id, user_id, code, purchased_ms, seq   a stored purchase
---         "u", user_id, bought                              a user's highest stored seq
--- Returns the number of purchases Redis did not know (or knew sold to someone else).
--- PostgreSQL wins: an item it has sold is sold to its buyer here too (a hold on it is
--- dropped). Live holds are kept, and a user's bought count never goes down, so running it
--- again, or while sales go on, is harmless.
+--         "f", item_id                 sold in Redis alone: PostgreSQL refused or never got
+--                                      it, so the item is free again
+--         "u", user_id, bought, seqs   a user's stored purchases: how many, and their seqs
+--                                      when they are not 1..bought ("" when they are)
+--         "x", code                    paid in Redis alone: its hold comes back while it
+--                                      lasts, its item is free and its user below the
+--                                      limit; else the code expires
+-- Returns the number of purchases Redis did not know (or knew sold to someone else), or
+-- {"lost"} (nothing done) when the lease is no longer this rebuild's: it took too long, or
+-- Redis restarted and may have lost the earlier chunks.
+-- The sale is not ready while this runs, so nothing decides on it between chunks; live
+-- holds are kept.
 
 local HOLD, HEXP, SOLD, CODE, USERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local restored, i = 0, 3
+if redis.call('GET', KEYS[8]) ~= ARGV[2] then
+  return {'lost'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- A user's state without its first part (bought and seqs): the holds, "" or ",...".
+local function holds_of(user)
+  local state = redis.call('HGET', USERS, user)
+  return state and string.match(state, '^[^,]*(.*)$') or ''
+end
+
+-- Whether a user's bought and live held items reach the limit.
+local function at_limit(user)
+  local state = redis.call('HGET', USERS, user) or '0'
+  local count = tonumber(string.match(state, '^(%d+)'))
+  for expires in string.gmatch(state, ':(%d+)') do
+    if tonumber(expires) > now then
+      count = count + 1
+    end
+  end
+  return count >= tonumber(ARGV[4])
+end
+
+local restored, i = 0, 5
 while i <= #ARGV do
-  if ARGV[i] == 'p' then
+  local op = ARGV[i]
+  if op == 'p' then
     local item, user, code, paid, seq = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
       ARGV[i + 5]
     if redis.call('HGET', SOLD, item) ~= user then
@@ -25,25 +59,43 @@ while i <= #ARGV do
     redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. paid .. '\t' .. paid .. '\t'
       .. seq)
     i = i + 6
-  else
-    local user, bought = ARGV[i + 1], tonumber(ARGV[i + 2])
-    local state = redis.call('HGET', USERS, user)
-    local holds = ''
-    if state then
-      local known = tonumber(string.match(state, '^(%d+)'))
-      if known > bought then
-        bought = known
+  elseif op == 'f' then
+    redis.call('HDEL', SOLD, ARGV[i + 1])
+    i = i + 2
+  elseif op == 'x' then
+    local code = ARGV[i + 1]
+    local item, user, expires = string.match(redis.call('HGET', CODE, code) or '',
+      '^(%d+)\t(.-)\t(%d+)\t')
+    if item then
+      local held = redis.call('HGET', HOLD, item)
+      local held_exp = held and tonumber(string.match(held, '\t(%d+)$')) or 0
+      if tonumber(expires) > now and redis.call('HEXISTS', SOLD, item) == 0
+          and held_exp <= now and not at_limit(user) then
+        redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. expires)
+        redis.call('ZADD', HEXP, expires, item)
+        local state = redis.call('HGET', USERS, user) or '0'
+        redis.call('HSET', USERS, user, state .. ',' .. item .. ':' .. expires)
+      else
+        expires = '0'
       end
-      holds = string.match(state, '^%d+(.*)$')
+      redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t0\t0')
     end
-    redis.call('HSET', USERS, user, bought .. holds)
-    i = i + 3
+    i = i + 2
+  else
+    local user, bought, seqs = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    if seqs ~= '' then
+      bought = bought .. '/' .. seqs
+    end
+    redis.call('HSET', USERS, user, bought .. holds_of(user))
+    i = i + 4
   end
 end
 for k = 1, 5 do
   redis.call('PEXPIREAT', KEYS[k], ARGV[1])
 end
-if ARGV[2] ~= '' then
-  redis.call('SET', KEYS[7], ARGV[2], 'PXAT', ARGV[1])
+if ARGV[3] == '1' then
+  local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  redis.call('SET', KEYS[7], server, 'PXAT', ARGV[1])
+  redis.call('DEL', KEYS[8])
 end
 return restored

@@ -7,16 +7,21 @@
 --       3 sold   hash  item -> user
 --       4 code   hash  code -> item \t user \t expires_ms \t purchased_ms (0 = not bought)
 --                      \t seq (the purchase's place among its user's purchases, 0 = none)
---       5 users  hash  user -> "bought,item:expires_ms,..." (expired holds dropped lazily)
+--       5 users  hash  user -> "bought[/seqs],item:expires_ms,..." (expired holds dropped
+--                      lazily); seqs, "1.2.4", lists the user's purchases' seqs when they are
+--                      not 1..bought (a rebuild found a gap: see next_seq)
 --       6 outbox stream of decisions for the PostgreSQL flusher: one field "e" per entry,
 --         the JSON array of notsale/outbox.py's OutboxEvent
 --       7 ready  string: the Redis server id (run_id) under which the sale's state was last
---         known complete (see reconcile.lua). Missing or another id: Redis lost data or the
---         sale is new, so checkouts wait for a rebuild from PostgreSQL
+--         known complete (see reconcile.lua). Missing or another id than this server's: Redis
+--         lost data (a restart, a failover) or the sale is new, so checkouts and purchases
+--         wait for a rebuild from PostgreSQL. Asked of Redis in every run: no worker's memory
+--         of which server it talked to can be out of date
+--       8 lease  (reconcile.lua's; unused here)
 -- ARGV: 1 sale_id  2 sale_ms  3 open_ms (the sale closes this long after its start unless
 --       sold out before)  4 size  5 hold_ms  6 user_limit  7 keep_ms (how long keys outlive
 --       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
---       refused)  9 server id the worker sees now, then operations back to back:
+--       refused), then operations back to back:
 --         "c", request_id, item_id, user_id, fresh_code, named
 --                         checkout (the code is used only for a new hold); named "1" when the
 --                         client named the sale, "0" for the running sale
@@ -30,13 +35,16 @@
 --             server id, or {"backlog"} when the outbox is full (for these three nothing was
 --             changed or logged)
 --   purchase: {"ok", item_id, user_id, purchased_ms, seq} (the first purchase's, on a repeat),
---             {"code_expired"}, {"code_not_found"}, or {"item_sold"} when the item is sold
---             under another code (Redis lost writes; nothing is overwritten)
+--             {"code_expired"}, {"code_not_found"} (also for any code of a sale closed and
+--             not ready: only PostgreSQL knows it), {"unready"} (an open sale: rebuild, then
+--             ask again), or {"item_sold"} / {"user_limit"} when Redis lost writes (nothing
+--             is overwritten)
 --   log:      {"ok"} or {"backlog"} (not logged)
 -- A script error stops the run where it stands: callers answer 503 and never run it again.
 
 local HOLD, HEXP, SOLD, CODE, USERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local ready = redis.call('GET', KEYS[7]) == ARGV[9]
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local ready = redis.call('GET', KEYS[7]) == server
 local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,30 +54,56 @@ local hold_ms, limit, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(A
 local server_sale = math.floor(now / sale_ms)
 local closes = sale_id * sale_ms + tonumber(ARGV[3])
 
--- The user's bought count and live holds ("item:expires_ms" strings).
+-- The user's bought count, the seqs of their purchases when not 1..bought (else nil), and
+-- live holds ("item:expires_ms" strings).
 local function user_state(user, skip_item)
-  local bought, holds = 0, {}
+  local bought, seqs, holds = 0, nil, {}
   local state = redis.call('HGET', USERS, user)
   if state then
     local first = true
     for part in string.gmatch(state, '[^,]+') do
       if first then
-        bought, first = tonumber(part), false
+        local count, listed = string.match(part, '^(%d+)/?(.*)$')
+        bought, first = tonumber(count), false
+        if listed ~= '' then
+          seqs = listed
+        end
       elseif tonumber(string.match(part, ':(%d+)$')) > now
           and string.match(part, '^(%d+):') ~= skip_item then
         holds[#holds + 1] = part
       end
     end
   end
-  return bought, holds
+  return bought, holds, seqs
 end
 
-local function save_user(user, bought, holds)
+local function save_user(user, bought, holds, seqs)
   local state = tostring(bought)
+  if seqs then
+    state = state .. '/' .. seqs
+  end
   if #holds > 0 then
     state = state .. ',' .. table.concat(holds, ',')
   end
   redis.call('HSET', USERS, user, state)
+end
+
+-- The seq of a user's next purchase: its place among their purchases (PostgreSQL refuses a
+-- seq taken or beyond the limit, sql/003). Past a gap left by a purchase PostgreSQL refused,
+-- the lowest free one, so the user can still buy up to the limit.
+local function next_seq(bought, seqs)
+  if not seqs then
+    return bought + 1, nil
+  end
+  local taken = {}
+  for s in string.gmatch(seqs, '%d+') do
+    taken[tonumber(s)] = true
+  end
+  local seq = 1
+  while taken[seq] do
+    seq = seq + 1
+  end
+  return seq, seqs .. '.' .. seq
 end
 
 local function log(entry)
@@ -109,7 +143,7 @@ local function checkout(request, item, user, code, named)
         outcome = 'item_held'
       end
     else
-      local bought, holds = user_state(user, nil)
+      local bought, holds, seqs = user_state(user, nil)
       if bought + #holds >= limit then
         outcome = 'user_limit'
       else
@@ -120,7 +154,7 @@ local function checkout(request, item, user, code, named)
         redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
         redis.call('ZADD', HEXP, expires, item)
         redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
-        save_user(user, bought, holds)
+        save_user(user, bought, holds, seqs)
         local gone = string.format('%.0f', closes + keep_ms)
         for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
           redis.call('PEXPIREAT', key, gone)
@@ -136,6 +170,14 @@ local function checkout(request, item, user, code, named)
 end
 
 local function purchase(code)
+  if not ready then
+    -- Redis may have lost this sale's last decisions: rebuild it first, unless it is closed
+    -- (no hold outlives its sale: PostgreSQL says whether the code was bought or expired).
+    if now >= closes then
+      return {'code_not_found'}
+    end
+    return {'unready'}
+  end
   local rec = redis.call('HGET', CODE, code)
   if not rec then
     return {'code_not_found'}
@@ -153,6 +195,12 @@ local function purchase(code)
   if redis.call('HEXISTS', SOLD, item) == 1 then
     return {'item_sold'}
   end
+  local bought, holds, seqs = user_state(user, item)
+  if bought >= limit then
+    return {'user_limit'}  -- a hold kept beside purchases Redis had lost until a rebuild
+  end
+  local seq
+  seq, seqs = next_seq(bought, seqs)
   redis.call('HSET', SOLD, item, user)
   local ttl = redis.call('PTTL', CODE)
   if ttl > 0 then
@@ -160,11 +208,9 @@ local function purchase(code)
   end
   redis.call('HDEL', HOLD, item)
   redis.call('ZREM', HEXP, item)
-  local bought, holds = user_state(user, item)
-  bought = bought + 1
-  save_user(user, bought, holds)
+  save_user(user, bought + 1, holds, seqs)
   redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. expires .. '\t' .. now_s
-    .. '\t' .. bought)
+    .. '\t' .. seq)
   if redis.call('HLEN', SOLD) >= size then
     -- Sold out: the sale is closed, and its keys go keep_ms from now, not from its close.
     local gone = string.format('%.0f', now + keep_ms)
@@ -172,11 +218,11 @@ local function purchase(code)
       redis.call('PEXPIREAT', key, gone)
     end
   end
-  log({'p', '', user, item, 'ok', code, now_s, bought})
-  return {'ok', item, user, now, bought}
+  log({'p', '', user, item, 'ok', code, now_s, seq})
+  return {'ok', item, user, now, seq}
 end
 
-local replies, i = {}, 10
+local replies, i = {}, 9
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then

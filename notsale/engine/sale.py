@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,14 +14,12 @@ import msgspec
 from notsale import metrics
 from notsale.config import Settings
 from notsale.engine.batch import Batcher
-from notsale.engine.client import REDIS_DOWN, Client, server_id
+from notsale.engine.client import REDIS_DOWN, Client
 from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.codes import new_code
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.lane import Lane
 from notsale.errors import ErrorCode, Store, Unavailable
-
-log = logging.getLogger(__name__)
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -32,8 +29,6 @@ KEEP_AFTER_SALE_MS = 3_600_000
 
 # A checkout may meet a sale rollover and an unready sale before it is decided.
 CHECKOUT_TRIES = 3
-# Server ids a worker keeps (one per sale it decided in lately).
-SERVERS_KEPT = 256
 
 
 class CheckoutDecision(msgspec.Struct, frozen=True):
@@ -58,10 +53,10 @@ class SaleEngine:
         self,
         redis: Client,
         settings: Settings,
-        prepare: Callable[[int, str], Awaitable[None]] | None = None,
+        prepare: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
-        """`prepare(sale_id, server)` makes a sale ready under a Redis server id when sale.lua
-        finds it unready (a new sale, or Redis lost data): see store/reconcile.py."""
+        """`prepare(sale_id)` makes a sale ready when sale.lua finds it unready (a new sale,
+        or Redis lost data): see store/reconcile.py."""
         self.redis = redis
         self.settings = settings
         self._prepare = prepare
@@ -73,13 +68,6 @@ class SaleEngine:
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
         self._requests = itertools.count(1)
-        # The Redis server id (run_id) this worker believes holds each sale (see watch.py; on a
-        # cluster, the master of the sale's slot), and the sales asked since the last failed
-        # call: after one, the next decision asks Redis who it is first (a restart or a
-        # failover breaks connections), so a rolled-back Redis is rarely trusted even once.
-        self._servers: dict[int, str] = {}
-        self._verified: set[int] = set()
-        self._announced = ""
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
 
     def close(self) -> None:
@@ -89,38 +77,6 @@ class SaleEngine:
     def new_request_id(self) -> str:
         return f"{self._request_prefix}.{next(self._requests)}"
 
-    async def server(self, sale_id: int) -> str:
-        """The id of the Redis server that holds the sale, as last asked."""
-        if sale_id in self._verified:
-            return self._servers[sale_id]
-        return await self.refresh_server(sale_id)
-
-    async def refresh_server(self, sale_id: int) -> str:
-        """Ask Redis who holds the sale. Another process now (restart, failover) may hold less
-        than this worker saw: the sale is then ready only once marked under the new id (the
-        outbox registry, which may have lost this worker's entries too, is written again by
-        `register_again`)."""
-        try:
-            server = await server_id(self.redis, sale_keys(sale_id).ready)
-        except REDIS_DOWN as exc:
-            self._verified.clear()
-            raise Unavailable(Store.REDIS) from exc
-        known = self._servers.get(sale_id)
-        if server != known:
-            if known is not None and server != self._announced:
-                self._announced = server  # once per new server, not once per sale
-                log.warning(
-                    "Redis is another server now (restart or failover): the sale is rebuilt"
-                    " from PostgreSQL before deciding again",
-                    extra={"sale_id": sale_id, "was": known, "now": server},
-                )
-            if len(self._servers) >= SERVERS_KEPT:
-                self._servers.clear()
-                self._verified.clear()
-            self._servers[sale_id] = server
-        self._verified.add(sale_id)
-        return server
-
     async def _run(self, script: Any, keys: Sequence[str], args: list[Any]) -> list[Any]:
         """A script run, exactly once: any failure is 503, and it is never sent again."""
         try:
@@ -128,19 +84,17 @@ class SaleEngine:
                 return list(await self._lane.evalsha(script.sha, script.script, keys, args))
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
-            self._verified.clear()
             raise Unavailable(Store.REDIS) from exc
 
-    def head(self, sale_id: int, server: str) -> list[int | str]:
+    def head(self, sale_id: int) -> list[int | str]:
         """sale.lua's ARGV before the operations (its header says what each is)."""
         s = self.settings
         head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.sale_open_seconds * 1000]
         head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
-        return [*head, s.outbox_max, server]
+        return [*head, s.outbox_max]
 
     async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
-        server = await self.server(sale_id)
         if sale_id not in self._registered:
             # Before the sale's first entry: the flushers find every outbox in the registry.
             try:
@@ -149,9 +103,7 @@ class SaleEngine:
                 raise Unavailable(Store.REDIS) from exc
             self._registered.add(sale_id)
         started = time.perf_counter()
-        replies = await self._run(
-            self._sale, sale_keys(sale_id), [*self.head(sale_id, server), *ops]
-        )
+        replies = await self._run(self._sale, sale_keys(sale_id), [*self.head(sale_id), *ops])
         metrics.batch(len(replies), time.perf_counter() - started)
         return replies
 
@@ -178,7 +130,7 @@ class SaleEngine:
             elif reply[0] == "unready":
                 if self._prepare is None:
                     break
-                await self._prepare(sale_id, await self.refresh_server(sale_id))
+                await self._prepare(sale_id)
             elif reply[0] == "backlog":
                 raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
             else:
@@ -188,6 +140,11 @@ class SaleEngine:
 
     async def purchase(self, sale_id: int, code: str) -> PurchaseDecision:
         reply = await self._batcher.submit(sale_id, ["p", code])
+        if reply[0] == "unready" and self._prepare is not None:
+            await self._prepare(sale_id)
+            reply = await self._batcher.submit(sale_id, ["p", code])
+        if reply[0] == "unready":
+            raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
         if reply[0] != "ok":
             return PurchaseDecision(ErrorCode(reply[0]))
         return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
@@ -202,13 +159,9 @@ class SaleEngine:
         `first`; None when Redis does not hold the sale complete (reads never rebuild a
         sale: PostgreSQL answers them instead)."""
         keys = sale_keys(sale_id)
-        keys4 = [keys.hold, keys.hexp, keys.sold, keys.ready]
-        verified = sale_id in self._verified
-        reply = await self._run(self._stats, keys4, [first, self._servers.get(sale_id, ""), count])
-        if reply == ["unready"] and not verified:
-            # This worker may not know the server it talks to yet: ask, then read once more.
-            server = await self.refresh_server(sale_id)
-            reply = await self._run(self._stats, keys4, [first, server, count])
+        reply = await self._run(
+            self._stats, [keys.hold, keys.hexp, keys.sold, keys.ready], [first, count]
+        )
         return None if reply == ["unready"] else reply
 
     async def register_again(self) -> None:

@@ -2,13 +2,13 @@
 -- a run of its items (one grid page of the buyers' page in one call).
 --
 -- KEYS: 1 hold  2 hexp  3 sold  4 ready (as in sale.lua)
--- ARGV: 1 the first item, or "" for the whole sale  2 the Redis server id the worker sees
---       now  3 how many items from the first (at most a few hundred)
+-- ARGV: 1 the first item, or "" for the whole sale  2 how many items from the first (at
+--       most a few hundred)
 -- Returns {sold_count, live_hold_count} for the sale, or one status per item, each one of
 -- available, held, sold; {"unready"} when the sale's state is not known complete under this
--- server id (Redis lost it, or no checkout prepared it yet): PostgreSQL answers instead.
+-- server's id (Redis lost it, or no checkout prepared it yet): PostgreSQL answers instead.
 
-if redis.call('GET', KEYS[4]) ~= ARGV[2] then
+if redis.call('GET', KEYS[4]) ~= string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') then
   return {'unready'}
 end
 local t = redis.call('TIME')
@@ -17,7 +17,7 @@ if ARGV[1] == '' then
   return {redis.call('HLEN', KEYS[3]), redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%.0f', now), '+inf')}
 end
 local items = {}
-for i = 0, tonumber(ARGV[3]) - 1 do
+for i = 0, tonumber(ARGV[2]) - 1 do
   items[#items + 1] = tonumber(ARGV[1]) + i
 end
 local sold = redis.call('HMGET', KEYS[3], unpack(items))

@@ -1,12 +1,11 @@
-"""Watching Redis from each worker: which server answers, and the next sale made ready.
+"""Watching Redis from each worker: the next sale made ready, the outbox registry kept whole.
 
 Redis can come back with less than it had: a restart that reloads an AOF written with
 `appendfsync everysec` or an older snapshot, a failover to a replica that lagged. Its sale
 state then misses the last decisions while the sale's `ready` key survives. Every such event
 gives Redis another server id (run_id); a sale is ready only under the id it was rebuilt or
-marked under, so once a worker sees the new id, the sale is rebuilt from PostgreSQL before
-anything more is decided. Until then PostgreSQL's own checks refuse what Redis gets wrong
-(sql/003: an item sold twice, a user past the limit).
+marked under, and every script asks Redis its id as it runs (sale.lua), so nothing is
+decided or read on the older state: the sale is rebuilt from PostgreSQL first.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from notsale.store.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
-# How often a worker asks Redis who it is: bounds how long decisions run on rolled-back
-# state before the rebuild (PostgreSQL refuses any wrong purchase meanwhile).
+# How often a worker marks the next sale ready and writes its registry entries again.
 WATCH_EVERY_S = 0.5
 # The only policy under which Redis never evicts sale keys or the outbox at maxmemory.
 SAFE_EVICTION_POLICY = "noeviction"
@@ -51,15 +49,10 @@ class Watch:
             self._task = None
 
     async def check(self) -> None:
-        """Learn the server id of the Redis that holds the running sale (a new one makes the
-        sale rebuild before deciding again), mark the next sale ready before it starts
-        (under its own server's id: on a cluster, another master's), so that it opens
-        without PostgreSQL, and keep the outbox registry whole."""
-        running = current_sale(self._settings.sale_seconds)
-        await self._engine.refresh_server(running)
-        await self._reconciler.mark_ahead(
-            running + 1, await self._engine.refresh_server(running + 1)
-        )
+        """Mark the next sale ready before it starts (under its own server's id: on a
+        cluster, another master's), so that it opens without PostgreSQL, and keep the outbox
+        registry whole."""
+        await self._reconciler.mark_ahead(current_sale(self._settings.sale_seconds) + 1)
         await self._engine.register_again()
 
     async def _run(self) -> None:

@@ -4,9 +4,11 @@ Every worker runs one. They share a consumer group per sale stream, so each entr
 by one of them; an entry stays pending until its batch is committed, and only then is it
 acknowledged and deleted. Entries left pending by a worker that died are claimed by another
 after CLAIM_IDLE_MS. Rows are keyed so that writing an entry twice is harmless. An entry that
-cannot become its row (it does not decode, PostgreSQL refuses the row, or it was delivered
-MAX_DELIVERIES times without being written) is kept in outbox_rejects and acknowledged: one
-bad entry never blocks the ones behind it.
+cannot become its row (it does not decode, or PostgreSQL refuses that row, written alone) is
+kept in outbox_rejects and acknowledged: one bad entry never blocks the ones behind it. Only
+that: an entry is never set aside because a store was down or slow, however often it was
+handed out meanwhile (Redis counts every re-read of a pending entry as a delivery, and a
+flusher re-reads its own every RETRY_DELAY_S while PostgreSQL is away).
 
 It reads every sale in the outbox registry (engine/keys.py), whatever the sale's age, so an
 outage of PostgreSQL longer than a sale loses nothing; once a closed sale's stream is empty
@@ -57,9 +59,6 @@ BATCH_DEADLINE_S = 10.0
 # would be harmless anyway: rows are keyed, so one written twice is dropped.
 CLAIM_IDLE_MS = 15_000
 CLAIM_EVERY_S = 2.0
-# An entry handed out this many times without being written kills or jams whoever takes it:
-# it goes to outbox_rejects instead of being handed out again.
-MAX_DELIVERIES = 5
 # How often the registry of outboxes is read, and closed sales' streams are cleaned up.
 REGISTRY_EVERY_S = 1.0
 CLEANUP_EVERY_S = 10.0
@@ -82,6 +81,10 @@ redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 """
 
+# The error of a purchase PostgreSQL refused (its item stored under another code, its user at
+# the limit): Redis decided it on lost state, and the rebuild that follows undoes it there. A
+# record of what did not happen, not a row missing.
+PURCHASE_REFUSED = "purchase refused by PostgreSQL"
 # NOGROUP, or "the stream key no longer exists" while blocked: the stream vanished (Redis
 # restarted empty, keys flushed, the stream cleaned up); its group is made anew if needed.
 STREAM_GONE = (coredis.exceptions.StreamConsumerGroupError, coredis.exceptions.UnblockedError)
@@ -270,7 +273,7 @@ class Flusher:
             if isinstance(outcome, Exception):
                 rejects.append(reject(e.stream, e.entry_id, e.fields, outcome))
             elif e.purchase is not None and e.purchase.code in outcome:
-                why = f"purchase refused by PostgreSQL: {outcome[e.purchase.code]}"
+                why = f"{PURCHASE_REFUSED}: {outcome[e.purchase.code]}"
                 rejects.append(reject(e.stream, e.entry_id, e.fields, why))
 
     async def _read(self, keys: Iterable[str], start: str, block_ms: int | None) -> Any:
@@ -314,8 +317,7 @@ class Flusher:
         return True
 
     async def _claim(self, keys: Iterable[str]) -> None:
-        """Take over the entries a silent flusher left pending; set aside those handed out
-        MAX_DELIVERIES times already."""
+        """Take over the entries a silent flusher left pending."""
         for key in keys:
             pending = await self._redis.xpending(
                 key, GROUP, "-", "+", BATCH_MAX, idle=self._claim_idle_ms
@@ -323,7 +325,6 @@ class Flusher:
             pending = cast(tuple[StreamPendingExt, ...], pending)
             if not pending:
                 continue
-            poison = [str(p.identifier) for p in pending if p.delivered >= MAX_DELIVERIES]
             claimed = await self._redis.xclaim(
                 key, GROUP, self.consumer, self._claim_idle_ms, [p.identifier for p in pending]
             )
@@ -331,17 +332,6 @@ class Flusher:
             log.info(
                 "claimed entries of a silent flusher", extra={"stream": key, "count": len(claimed)}
             )
-            if poison:
-                await self._set_aside(key, poison, claimed)
-
-    async def _set_aside(self, key: str, ids: list[str], claimed: Sequence[Any]) -> None:
-        entries = {e.identifier: e.field_values for e in claimed if e.identifier in ids}
-        why = f"delivered {MAX_DELIVERIES} times without being written"
-        rejects = [reject(key, i, dict(f or {}), why) for i, f in entries.items()]
-        async with self._pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-            await write_rejects(conn, rejects)
-        await self._acknowledge({key: list(entries)})
-        log.error("outbox entries set aside", extra={"stream": key, "count": len(rejects)})
 
     async def _clean_up(self, running: int) -> None:
         """Delete the streams of closed sales that hold nothing unwritten, and forget them;

@@ -2,21 +2,29 @@
 
 Redis decides, but PostgreSQL remembers: if Redis loses a sale's keys (restart without
 persistence, FLUSHDB), every purchase answered 200 is still in PostgreSQL. sale.lua refuses
-checkouts of a sale whose "ready" key is missing or names another Redis server (a restart
-that may have reloaded older data, a failover to a lagging replica); the first worker to see
-that rebuilds the sale from PostgreSQL here (also done by `notsale reconcile`), so no item
-is sold twice and no user counted short.
+checkouts and purchases of a sale whose "ready" key is missing or names another Redis
+server than the one running the script (a restart that may have reloaded older data, a
+failover to a lagging replica); one worker, holding the sale's lease, then rebuilds it from
+PostgreSQL here (also done by `notsale reconcile`), while the others wait. The rebuild
+makes Redis agree with PostgreSQL both ways: what PostgreSQL stored is sold, and what Redis
+alone sold (PostgreSQL refused it) is free again, so no item is sold twice, none stays
+unsellable, and no user is counted short or long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
+import secrets
 from collections import Counter
+from typing import Any
 
 import asyncpg
 import coredis
 import msgspec
+from coredis.tokens import PureToken
 
 from notsale import metrics
 from notsale.config import Settings
@@ -25,17 +33,43 @@ from notsale.engine.clock import now_ms, sale_window
 from notsale.engine.keys import sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
 from notsale.errors import Store, Unavailable
-from notsale.store.flusher import Flusher
+from notsale.store.flusher import PURCHASE_REFUSED, Flusher
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-# Purchases per reconcile.lua run: keeps each run (which blocks Redis) to a few milliseconds.
-CHUNK_PURCHASES = 500
+# Operations per reconcile.lua run: keeps each run (which blocks Redis) to a few milliseconds.
+CHUNK_OPS = 500
+# Fields per HSCAN call while reading what Redis holds of the sale.
+SCAN_COUNT = 1000
 # One worker's callers share one rebuild, which ends within this long; after a failed one
 # they are refused at once for this long before the next try.
 REBUILD_DEADLINE_S = 10.0
 REBUILD_RETRY_S = 1.0
+# One rebuild of a sale at a time, among all workers and hosts: the lease outlives a worker's
+# rebuild deadline, so only a process that died leaves it to expire; the others poll it.
+LEASE_MS = int(2 * REBUILD_DEADLINE_S * 1000)
+LEASE_POLL_S = 0.05
+# Ends the lease if it is still this rebuild's (a failed rebuild lets the next one start).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RebuildUnderWay(coredis.exceptions.RedisError):
+    """Another process rebuilds the sale, or took the lease over from this one."""
+
+
+def epoch_ms(at: dt.datetime) -> int:
+    return round(at.timestamp() * 1000)
+
+
+def bought_in(user_state: str) -> int:
+    """A user's bought count in sale.lua's users hash ("bought[/seqs],holds...")."""
+    return int(user_state.split(",", 1)[0].split("/", 1)[0])
 
 
 class Difference(msgspec.Struct, frozen=True):
@@ -50,28 +84,28 @@ class Reconciler:
         self._settings = settings
         self._script = redis.register_script((SCRIPTS_DIR / "reconcile.lua").read_text())
         self._ahead = redis.register_script((SCRIPTS_DIR / "ahead.lua").read_text())
+        self._release = redis.register_script(RELEASE)
         self._rebuilds: dict[int, asyncio.Future[None]] = {}
         self._failed_at: dict[int, float] = {}
 
-    async def ensure_ready(self, sale_id: int, server: str) -> None:
-        """Rebuild the sale unless it is marked ready under this Redis server id. The callers
-        of one worker share one rebuild; after a failed one they are refused at once for
+    async def ensure_ready(self, sale_id: int) -> None:
+        """Rebuild the sale (sale.lua found it unready). The callers of one worker share one
+        rebuild, and one worker of all rebuilds a sale at a time (its lease in Redis): the
+        others wait for it to end. After a failed one they are refused at once for
         REBUILD_RETRY_S, so a slow PostgreSQL is asked once, not once per caller."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._failed_at.get(sale_id, -REBUILD_RETRY_S) < REBUILD_RETRY_S:
             raise Unavailable(Store.POSTGRES, "The sale is being prepared; retry.")
         rebuild = self._rebuilds.get(sale_id)
         if rebuild is None:
-            rebuild = self._rebuilds[sale_id] = loop.create_task(self._prepare(sale_id, server))
+            rebuild = self._rebuilds[sale_id] = loop.create_task(self._prepare(sale_id))
             rebuild.add_done_callback(lambda _: self._rebuilds.pop(sale_id, None))
         await asyncio.shield(rebuild)
 
-    async def _prepare(self, sale_id: int, server: str) -> None:
+    async def _prepare(self, sale_id: int) -> None:
         try:
             async with asyncio.timeout(REBUILD_DEADLINE_S):
-                if await self._redis.get(sale_keys(sale_id).ready) == server:
-                    return
-                restored = await self.rebuild(sale_id, server)
+                restored = await self.rebuild(sale_id, wait=True)
         except (*PG_DOWN, *REDIS_DOWN) as exc:
             # The sale cannot be known complete now: refuse, having changed nothing.
             self._failed_at[sale_id] = asyncio.get_running_loop().time()
@@ -87,10 +121,10 @@ class Reconciler:
                 extra={"sale_id": sale_id, "purchases_restored": restored},
             )
 
-    async def mark_ahead(self, sale_id: int, server: str) -> bool:
+    async def mark_ahead(self, sale_id: int) -> bool:
         """Mark a sale that has not started yet ready (see ahead.lua); False once it has."""
         window = sale_window(sale_id, self._settings)
-        args: list[int | str] = [window.starts_ms, server, window.closes_ms + KEEP_AFTER_SALE_MS]
+        args = [window.starts_ms, window.closes_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
 
     async def invalidate(self, sale_id: int) -> None:
@@ -108,9 +142,31 @@ class Reconciler:
             total += written
         return total
 
-    async def rebuild(self, sale_id: int, server: str) -> int:
-        """Replay the outbox, then restore the sale's purchases and user counts in Redis and
-        mark it ready under `server`. Returns the number of purchases Redis did not know."""
+    async def rebuild(self, sale_id: int, *, wait: bool = False) -> int:
+        """Make the sale's Redis state what PostgreSQL stored and mark it ready; returns the
+        number of purchases Redis did not know. Under the sale's lease: when another process
+        holds it, wait for its rebuild to end (`wait`, returns 0) or raise RebuildUnderWay."""
+        keys = sale_keys(sale_id)
+        token = secrets.token_hex(8)
+        if not await self._redis.set(keys.lease, token, px=LEASE_MS, condition=PureToken.NX):
+            if not wait:
+                raise RebuildUnderWay(f"sale {sale_id} is being rebuilt by another process")
+            while True:
+                await asyncio.sleep(LEASE_POLL_S)
+                if not await self._redis.exists([keys.lease]):
+                    return 0
+        try:
+            return await self._rebuild(sale_id, token)
+        except BaseException:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._release(keys=[keys.lease], args=[token])
+            raise
+
+    async def _rebuild(self, sale_id: int, token: str) -> int:
+        keys = sale_keys(sale_id)
+        # Nothing decides on the sale from here on (sale.lua finds it unready): what Redis
+        # decided before is in its outbox, written to PostgreSQL by the drain.
+        await self._redis.delete([keys.ready])
         await self.drain(sale_id)
         rows = await self._pool.fetch(
             "SELECT item_id, user_id, code, purchased_at, user_seq FROM purchases"
@@ -119,32 +175,41 @@ class Reconciler:
             timeout=QUERY_TIMEOUT_S,
         )
         ops: list[list[int | str]] = [
-            [
-                "p",
-                r["item_id"],
-                r["user_id"],
-                r["code"],
-                round(r["purchased_at"].timestamp() * 1000),
-                r["user_seq"],
-            ]
+            ["p", r["item_id"], r["user_id"], r["code"], epoch_ms(r["purchased_at"]), r["user_seq"]]
             for r in rows
         ]
-        # A user's count is their highest seq: after a lost purchase it is above the number
-        # of rows, and counting from there never reuses a seq PostgreSQL has (sql/003).
-        highest: dict[str, int] = {}
+        # What Redis holds beyond that: items it sold and codes it marked paid that
+        # PostgreSQL refused or never got, users it counted purchases for.
+        stored_items = {str(r["item_id"]) for r in rows}
+        stored_codes = {r["code"] for r in rows}
+        sold = await self._redis.hkeys(keys.sold)
+        ops += [["f", item] for item in sold if item not in stored_items]
+        seqs: dict[str, list[int]] = {}
         for r in rows:
-            highest[r["user_id"]] = max(highest.get(r["user_id"], 0), r["user_seq"])
-        ops += [["u", user, n] for user, n in highest.items()]
+            seqs.setdefault(r["user_id"], []).append(r["user_seq"])
+        async for user, state in self._redis.hscan_iter(keys.users, count=SCAN_COUNT):
+            if bought_in(state):
+                seqs.setdefault(user, [])
+        for user, taken in seqs.items():
+            taken.sort()
+            gapless = taken == list(range(1, len(taken) + 1))
+            ops.append(["u", user, len(taken), "" if gapless else ".".join(map(str, taken))])
+        async for code, record in self._redis.hscan_iter(keys.code, count=SCAN_COUNT):
+            if record.split("\t")[3] != "0" and code not in stored_codes:
+                ops.append(["x", code])
         expires = sale_window(sale_id, self._settings).closes_ms + KEEP_AFTER_SALE_MS
         if len(rows) >= self._settings.sale_size:  # sold out: closed now
             expires = now_ms() + KEEP_AFTER_SALE_MS
         restored = 0
-        for start in range(0, max(len(ops), 1), CHUNK_PURCHASES):
-            chunk = ops[start : start + CHUNK_PURCHASES]
-            last = start + CHUNK_PURCHASES >= len(ops)
-            args: list[int | str] = [expires, server if last else ""]
+        for start in range(0, max(len(ops), 1), CHUNK_OPS):
+            chunk = ops[start : start + CHUNK_OPS]
+            last = start + CHUNK_OPS >= len(ops)
+            args: list[int | str] = [expires, token, int(last), self._settings.user_limit]
             args += [w for op in chunk for w in op]
-            restored += int(await self._script(keys=sale_keys(sale_id), args=args))
+            reply: Any = await self._script(keys=keys, args=args)
+            if reply == ["lost"]:
+                raise RebuildUnderWay(f"sale {sale_id}: the rebuild's lease was lost")
+            restored += int(reply)
         metrics.REBUILDS.inc()
         return restored
 
@@ -182,7 +247,7 @@ class Reconciler:
         bought = Counter(stored.values())
         users = await self._redis.hgetall(keys.users)
         for user in sorted(bought.keys() | users.keys()):
-            in_redis = int(users[user].split(",", 1)[0]) if user in users else 0
+            in_redis = bought_in(users[user]) if user in users else 0
             if in_redis != bought[user]:
                 found.append(
                     Difference("user_count", f"{user}: PostgreSQL {bought[user]}, Redis {in_redis}")
@@ -190,8 +255,9 @@ class Reconciler:
         if pending:
             found.append(Difference("outbox", f"{pending} decisions not yet in PostgreSQL"))
         rejected = await self._pool.fetchval(
-            "SELECT count(*) FROM outbox_rejects WHERE stream = $1",
+            "SELECT count(*) FROM outbox_rejects WHERE stream = $1 AND error NOT LIKE $2",
             keys.outbox,
+            PURCHASE_REFUSED + "%",
             timeout=QUERY_TIMEOUT_S,
         )
         if rejected:
