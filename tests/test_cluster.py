@@ -230,8 +230,8 @@ def fail_over(cluster: RedisCluster, master: RedisServer, how: str) -> None:
     (the rule stays until the replica took over: the dead master's kernel would still
     deliver what it had queued). `takeover behind`: the replica, held LAG_S behind, takes
     over while the master lives on (CLUSTER FAILOVER TAKEOVER): no connection breaks,
-    clients are redirected to the new master and decide there on the lagged state until
-    they learn its id."""
+    clients are redirected to the new master, whose id is not the one the sale is ready
+    under."""
     if how == "kill":
         master.kill()
         return
@@ -251,8 +251,8 @@ async def test_the_sale_slots_master_fails_over_mid_stampede(
     """Clients get 503 while the slot has no master, never a 500 or a hang. Afterwards no
     purchase answered 200 is lost, nothing is oversold, no user is over the limit. With the
     replica held behind, the failover loses the master's last writes: the sale is rebuilt
-    from PostgreSQL under the new master's id, PostgreSQL refuses what was decided on the
-    lagged state meanwhile, and what was lost is counted."""
+    from PostgreSQL under the new master's id before anything is decided on it, what was
+    lost is counted, and Redis and PostgreSQL agree afterwards (hole 8)."""
     if how != "kill" and shutil.which("iptables") is None:
         pytest.skip("needs iptables to hold the replication stream back")
     started = await servers.all(sale_size=SALE_SIZE, user_limit=LIMIT, sale_seconds=SALE_SECONDS)
@@ -273,15 +273,15 @@ async def test_the_sale_slots_master_fails_over_mid_stampede(
     assert window <= UNAVAILABLE_FOR_AT_MOST_S
     if how != "takeover behind":  # a takeover breaks no connection: clients are redirected
         assert report.checkout_statuses.get("503", 0) > 0, "the fault struck nobody"
-    else:
-        # Until the workers learned the new master's id (at most 0.5 s), Redis decided on
-        # the lagged state: PostgreSQL refused the purchases it let past the limit.
-        assert report.purchase_answers.get("429", 0) > 0
-    # The sale was rebuilt under the promoted replica's id before deciding again.
-    assert "Redis is another server now" in "".join([await logs_of(s) for s in started])
     async with httpx.AsyncClient() as http:
         scraped = [(await http.get(f"{s.base_url}/metrics")).text for s in started]
+    # The sale was rebuilt under the promoted replica's id before deciding again (every
+    # script asks the server it runs on for its id: none decided on the lagged state)...
     assert sum(metric(text, "notsale_rebuilds_total") for text in scraped) >= 1
+    # ...and Redis holds what PostgreSQL stored, both ways: nothing it alone sold or counted.
+    settings = Settings(redis_url=fresh.url, database_url=stores.database_url)
+    check = notsale_cli(settings, "reconcile", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 async def test_a_host_killed_mid_run_leaves_its_outbox_to_the_others(

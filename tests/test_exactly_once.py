@@ -23,11 +23,12 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from notsale.api import purchase as purchase_module
+from notsale.api import checkout as checkout_module
 from notsale.app import create_app
 from notsale.config import Settings
+from notsale.engine import clock as clock_module
 from notsale.engine.client import connect
-from notsale.engine.clock import current_sale
+from notsale.engine.clock import CLOCK_SKEW_MS, current_sale
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store import flusher as flusher_module
 from notsale.store.flusher import GROUP, Flusher
@@ -550,13 +551,27 @@ async def test_callers_waiting_on_a_rebuild_share_it_and_fail_fast(
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") >= 12
 
 
-async def test_a_purchase_takes_a_code_of_the_next_sale(
-    client: Client, db: asyncpg.Connection, settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("offset_s", [-3.5, 3.5])
+async def test_a_named_checkout_is_decided_on_redis_clock_not_the_workers(
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    offset_s: float,
 ) -> None:
-    """Case 7: this worker's clock is behind Redis': the code Redis made belongs to what
-    this worker still thinks is the next sale."""
-    code = (await checkout(client, "pia", 1)).json()["code"]
-    real = current_sale(settings.sale_seconds)
-    monkeypatch.setattr(purchase_module, "current_sale", lambda _seconds: real - 1)
-    assert (await purchase(client, code)).status_code == 200
-    assert_error(await purchase(client, "A" * 22 + str(real + 1)), 404, "code_not_found")
+    """Hole 5: a worker's clock behind Redis' (the running sale is still to come on it) or
+    ahead of it (the running sale has closed on it): Redis' clock decides, the checkout of
+    the running sale it names is sold, and so is its purchase. A code of a sale no clock
+    skew could have started is unknown."""
+    settings = make_settings(sale_seconds=4, sale_open_seconds=4)
+    if time.time() % 4 > 3.5:  # not too close to a rollover
+        await asyncio.sleep(4 - time.time() % 4 + 0.05)
+    sale = current_sale(4)
+    real = clock_module.now_ms
+    monkeypatch.setattr(checkout_module, "now_ms", lambda: real() + int(offset_s * 1000))
+    monkeypatch.setattr(clock_module, "now_ms", lambda: real() + int(offset_s * 1000))
+    async with app_client(settings) as client:
+        answer = await client.post("/checkout", params={"user_id": "cy", "id": 1, "sale_id": sale})
+        assert answer.status_code == 200, answer.text
+        assert (await purchase(client, answer.json()["code"])).status_code == 200
+        later = sale + 1 + CLOCK_SKEW_MS // 4000
+        assert_error(await purchase(client, "A" * 22 + str(later)), 404, "code_not_found")

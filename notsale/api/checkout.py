@@ -10,9 +10,15 @@ from notsale.api import params
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
-from notsale.api.sales import started_sale
 from notsale.catalog import image_url, item_name
-from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window
+from notsale.engine.clock import (
+    CLOCK_SKEW_MS,
+    current_sale,
+    now_ms,
+    rfc3339,
+    sale_window,
+    surely_not_started,
+)
 from notsale.errors import ErrorCode, NotsaleError, Unavailable
 from notsale.services import Services, services_of
 
@@ -27,7 +33,7 @@ async def record_refused(
     named: int | None = None,
 ) -> None:
     """The attempt row of a checkout that Redis did not decide (see outbox.record_refused),
-    logged in the running sale's outbox; `named` is the sale it named, once known started."""
+    logged in the running sale's outbox; `named` is the sale it named, once it may have started."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
     event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query, named)
     failed = exc.store if isinstance(exc, Unavailable) else None
@@ -62,15 +68,19 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     services = services_of(scope)
     # Made here, once: it keys the attempt row, whichever store ends up holding it.
     request_id = services.engine.new_request_id()
-    named = None  # the sale the client named, once known to have started
+    named = None  # the sale the client named, once it may have started
     try:
         user = params.user_id(params.single(query, "user_id"))
         item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
         if "sale_id" in query:
-            named = started_sale(params.single(query, "sale_id"), services)
-            # Closed on this worker's clock: refused here, its row logged in the running
-            # sale's outbox. Until then, sale.lua decides on Redis' clock.
-            if sale_window(named, services.settings).closes_ms <= now_ms():
+            sale_id = params.integer(params.single(query, "sale_id"), "sale_id")
+            # sale.lua decides on Redis' clock whether the sale has started and is still
+            # open; refused here only when no clock skew could make it so (the row of one
+            # long closed is logged in the running sale's outbox: its own may be gone).
+            if surely_not_started(sale_id, services.settings.sale_seconds):
+                raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale has not started yet.")
+            named = sale_id
+            if sale_window(named, services.settings).closes_ms + CLOCK_SKEW_MS <= now_ms():
                 raise NotsaleError(ErrorCode.SALE_CLOSED)
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))

@@ -9,11 +9,12 @@ from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
 
 from notsale.api.models import HealthBody
+from notsale.engine.clock import current_sale
+from notsale.engine.keys import health_key
 from notsale.services import ServicesDep
 
 # A health check answers within about this long, whatever state the stores are in.
 PROBE_TIMEOUT_S = 1.0
-HEALTH_KEY = "notsale:health"  # written by the probe, expiring as it times out
 
 
 async def probe(check: Awaitable[object]) -> str:
@@ -36,8 +37,10 @@ class HealthController(Controller):
     )
     async def health(self, services: ServicesDep) -> Response[HealthBody]:
         # A write, not a PING: a Redis that answers but refuses writes (OOM at maxmemory,
-        # READONLY after a failover, MISCONF) cannot decide anything.
-        write = services.redis.set(HEALTH_KEY, "1", px=int(PROBE_TIMEOUT_S * 1000))
+        # READONLY after a failover, MISCONF) cannot decide anything. To the running sale's
+        # slot: on a cluster, the master that decides it (expiring as the probe times out).
+        key = health_key(current_sale(services.settings.sale_seconds))
+        write = services.redis.set(key, "1", px=int(PROBE_TIMEOUT_S * 1000))
         redis, postgres = await asyncio.gather(
             probe(write), probe(services.pool.fetchval("SELECT 1"))
         )

@@ -13,7 +13,7 @@ from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
 from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import item_name
 from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import current_sale
+from notsale.engine.clock import surely_not_started
 from notsale.engine.codes import CODE_PATTERN, code_sale
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import services_of
@@ -53,8 +53,8 @@ async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
     if not CODE_PATTERN.fullmatch(raw):
         raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
     sale_id = code_sale(raw)
-    # A code of the next sale too: this worker's clock may be behind Redis'.
-    if sale_id is None or sale_id > current_sale(services.settings.sale_seconds) + 1:
+    # A code of a sale this worker's clock has not started yet too: it may be behind Redis'.
+    if sale_id is None or surely_not_started(sale_id, services.settings.sale_seconds):
         raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
     decision = await services.engine.purchase(sale_id, raw)
     if decision.outcome is None:

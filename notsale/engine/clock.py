@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from notsale.config import Settings
 
 
+# Redis' clock decides when sales start and close (sale.lua). A worker refuses on its own
+# clock only what no difference between the two up to this long could make right.
+CLOCK_SKEW_MS = 60_000
+
+
 class SaleWindow(msgspec.Struct, frozen=True):
     sale_id: int
     starts_ms: int
@@ -33,6 +38,11 @@ def sale_window(sale_id: int, settings: Settings) -> SaleWindow:
 def current_sale(sale_seconds: int, at_ms: int | None = None) -> int:
     """The id of the sale running at `at_ms` (default: now): floor(unix_time / SALE_SECONDS)."""
     return (now_ms() if at_ms is None else at_ms) // (sale_seconds * 1000)
+
+
+def surely_not_started(sale_id: int, sale_seconds: int) -> bool:
+    """True when the sale has not started on Redis' clock either (see CLOCK_SKEW_MS)."""
+    return sale_id > current_sale(sale_seconds, now_ms() + CLOCK_SKEW_MS)
 
 
 def unclosed_sales(settings: Settings, at_ms: int | None = None) -> range:

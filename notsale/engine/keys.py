@@ -25,3 +25,8 @@ class SaleKeys(NamedTuple):
 
 def sale_keys(sale_id: int) -> SaleKeys:
     return SaleKeys(*(f"{{sale:{sale_id}}}:{name}" for name in SaleKeys._fields))
+
+
+def health_key(sale_id: int) -> str:
+    """Written by /health: in the sale's slot, so that it probes the master deciding it."""
+    return f"{{sale:{sale_id}}}:health"

@@ -33,7 +33,7 @@ from coredis.response.types import StreamPendingExt
 from notsale import metrics, outbox
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN, Client
-from notsale.engine.clock import current_sale, now_ms, sale_window
+from notsale.engine.clock import CLOCK_SKEW_MS, current_sale, now_ms, sale_window
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 from notsale.store.rows import AttemptRow, PurchaseRow, RejectRow, write_groups, write_rejects
@@ -63,8 +63,9 @@ CLAIM_EVERY_S = 2.0
 REGISTRY_EVERY_S = 1.0
 CLEANUP_EVERY_S = 10.0
 # A closed sale's stream takes no more entries; it is deleted only this long after the
-# sale's close, past any clock skew between workers and Redis.
-ENDED_GRACE_MS = 60_000
+# sale's close, past any clock skew between workers and Redis (a worker behind Redis' clock
+# sends sale.lua named checkouts of a sale that closed up to CLOCK_SKEW_MS ago).
+ENDED_GRACE_MS = 2 * CLOCK_SKEW_MS
 # A consumer with nothing pending that has not read for this long is a worker gone.
 DEAD_CONSUMER_IDLE_MS = 600_000
 # After a failure (store unreachable), wait this long before trying again.
