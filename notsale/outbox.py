@@ -106,9 +106,10 @@ async def record_refused(
     failed: Store | None,
 ) -> None:
     """Record a checkout that Redis did not decide, in whichever store takes it: the outbox
-    (unless Redis is what failed, or its backlog is full), else PostgreSQL directly. When
-    neither can, the worker keeps the row and writes it once PostgreSQL is back."""
-    if failed is None or failed is Store.POSTGRES:
+    (unless Redis is what failed; refused for the backlog, such rows still have room there,
+    see sale.lua), else PostgreSQL directly. When neither can, the worker keeps the row and
+    writes it once PostgreSQL is back."""
+    if failed is not Store.REDIS:
         try:
             if await engine.log(sale_id, ENCODER.encode(event)):
                 return

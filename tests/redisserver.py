@@ -99,6 +99,11 @@ class RedisServer(Started):
             self.process.wait(10)
         self.process = None
 
+    def hang(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as behind a partition."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
     def restart(self) -> None:
         """Killed and started again from its files (AOF or the last snapshot)."""
         self.kill()

@@ -30,6 +30,7 @@ from notsale.engine import clock as clock_module
 from notsale.engine.client import connect
 from notsale.engine.clock import CLOCK_SKEW_MS, current_sale
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.engine.watch import WATCH_EVERY_S
 from notsale.store import flusher as flusher_module
 from notsale.store.flusher import GROUP, Flusher
 from notsale.store.migrations import migrate
@@ -385,19 +386,25 @@ async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_
     make_settings: Callable[..., Settings],
     db: asyncpg.Connection,
 ) -> None:
-    """Case 6: with PostgreSQL down the outbox stops at NOTSALE_OUTBOX_MAX instead of filling
-    Redis: checkouts get 503, and the rows no store can take now wait in the worker."""
+    """Case 6 and hole 6: with PostgreSQL down the outboxes stop at NOTSALE_OUTBOX_MAX in
+    all, whichever open sales fill them, instead of filling Redis: checkouts get 503 before
+    anything is decided, and their rows still go through Redis."""
     servers = throwaway(postgres=True)
     await migrate(servers.database_url)
     settings = make_settings(database_url=servers.database_url, outbox_max=3)
-    outbox = sale_keys(current_sale(settings.sale_seconds)).outbox
+    running = current_sale(settings.sale_seconds)
     async with app_client(settings) as client, connect(settings.redis_url) as redis:
+        older = {"user_id": "kay", "sale_id": running - 1}
+        assert (await client.post("/checkout", params={**older, "id": 1})).status_code == 200
         await asyncio.to_thread(servers.services, "down", "postgres")
-        for item in (1, 2, 3):
-            assert (await checkout(client, "kay", item)).status_code == 200
-        assert_error(await checkout(client, "kay", 4), 503, "unavailable")
+        for item in (2, 3):
+            answer = await client.post("/checkout", params={**older, "id": item})
+            assert answer.status_code == 200
+        assert (await checkout(client, "kay", 4)).status_code == 200
+        await asyncio.sleep(WATCH_EVERY_S + 0.2)  # the watch counts every outbox
+        assert_error(await checkout(client, "kay", 5), 503, "unavailable")
         assert_error(await checkout(client, "kay", "x"), 400, "invalid_request")
-        assert await redis.xlen(outbox) == 3
+        assert await redis.xlen(sale_keys(running).outbox) == 3  # one decision, two rows
         await asyncio.to_thread(servers.services, "up")
         conn = await asyncpg.connect(servers.database_url)
         try:
@@ -406,11 +413,11 @@ async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_
                 rows = await conn.fetch("SELECT outcome FROM checkout_attempts")
                 return sorted(r["outcome"] for r in rows)
 
-            expected = ["invalid_request", "ok", "ok", "ok", "unavailable"]
+            expected = ["invalid_request", "ok", "ok", "ok", "ok", "unavailable"]
             assert await wait_for(outcomes, expected) == expected
 
             async def sells() -> int:
-                return int((await checkout(client, "lea", 4)).status_code)
+                return int((await checkout(client, "lea", 5)).status_code)
 
             assert await wait_for(sells, 200) == 200  # drained: decisions flow again
         finally:

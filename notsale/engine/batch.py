@@ -60,6 +60,13 @@ class Batcher:
                 try:
                     replies = await self._send(sale_id, [word for op in ops for word in op])
                 except Exception as exc:
+                    # Redis failed (timed out, lost, refused): the operations that queued
+                    # behind the batch meanwhile fail with it, unsent (nothing was decided for
+                    # them), rather than each wait out the same timeout once more on a hung
+                    # server (measured: a cluster master SIGSTOPped kept clients waiting 4 s).
+                    waiters += lane.waiters
+                    lane.ops.clear()
+                    lane.waiters.clear()
                     for w in waiters:
                         if not w.done():
                             w.set_exception(exc)

@@ -27,15 +27,20 @@ Client: TypeAlias = coredis.client.Client[str]
 
 class _Cluster(coredis.RedisCluster[str]):
     """coredis 6.9 counts a node's failures to decide when to learn the cluster's layout
-    again, but not the failures to connect to it: after a master dies, every command for its
-    slots would fail on the dead address forever. This counts them too, so that the layout
-    is learned again after two (and the failed-over replica is found)."""
+    again, but neither the failures to connect to it nor the replies it never sent: after a
+    master dies, or hangs (SIGSTOP, a partition), every command for its slots failed on its
+    address, for good (measured: a hung master's outbox was never written again). Both count
+    here, as connection errors, so that the layout is learned again after a few and the
+    failed-over replica is found."""
 
     async def _execute_command_on_single_node(self, node: Any, command: Any) -> Any:
         try:
             return await super()._execute_command_on_single_node(node, command)
-        except coredis.exceptions.ConnectionError as exc:
-            self.connection_pool.cluster_layout.report_errors(node, exc)
+        except (coredis.exceptions.ConnectionError, TimeoutError) as exc:
+            lost = exc
+            if not isinstance(exc, coredis.exceptions.ConnectionError):
+                lost = coredis.exceptions.ConnectionError(f"no reply: {exc}")
+            self.connection_pool.cluster_layout.report_errors(node, lost)
             raise
 
 

@@ -21,7 +21,8 @@
 -- ARGV: 1 sale_id  2 sale_ms  3 open_ms (the sale closes this long after its start unless
 --       sold out before)  4 size  5 hold_ms  6 user_limit  7 keep_ms (how long keys outlive
 --       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
---       refused), then operations back to back:
+--       refused; the rows of refused checkouts, "r" below, are taken up to twice that, so
+--       that a checkout refused for the backlog still has its row), then operations:
 --         "c", request_id, item_id, user_id, fresh_code, named
 --                         checkout (the code is used only for a new hold); named "1" when the
 --                         client named the sale, "0" for the running sale
@@ -45,7 +46,8 @@
 local HOLD, HEXP, SOLD, CODE, USERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local ready = redis.call('GET', KEYS[7]) == server
-local full = redis.call('XLEN', OUTBOX) >= tonumber(ARGV[8])
+local waiting = redis.call('XLEN', OUTBOX)
+local full = waiting >= tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
@@ -233,10 +235,11 @@ while i <= #ARGV do
     replies[#replies + 1] = purchase(ARGV[i + 1])
     i = i + 2
   else
-    if full then
+    if waiting >= 2 * tonumber(ARGV[8]) then
       replies[#replies + 1] = {'backlog'}
     else
       redis.call('XADD', OUTBOX, '*', 'e', ARGV[i + 1])
+      waiting = waiting + 1
       replies[#replies + 1] = {'ok'}
     end
     i = i + 2

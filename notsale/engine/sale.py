@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -69,6 +70,9 @@ class SaleEngine:
         self._request_prefix = secrets.token_urlsafe(9)
         self._requests = itertools.count(1)
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
+        # Entries waiting for PostgreSQL in every sale's outbox, as last counted (watch.py):
+        # past NOTSALE_OUTBOX_MAX in all, checkouts are refused before anything is decided.
+        self.waiting = 0
 
     def close(self) -> None:
         if self._lane is not None:
@@ -117,6 +121,8 @@ class SaleEngine:
         """An item of `sale_id` (default: the running sale, on Redis' clock). `request_id`
         keys the attempt's row (default: a new one)."""
         request_id = request_id or self.new_request_id()
+        if self.waiting >= self.settings.outbox_max:
+            raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
         named = "0" if sale_id is None else "1"
         if sale_id is None:
             sale_id = current_sale(self.settings.sale_seconds)
@@ -188,9 +194,12 @@ class SaleEngine:
         return sorted(int(m) for m in members if m.isdigit())
 
     async def backlogs(self) -> dict[int, int]:
-        """Entries waiting in each registered sale's outbox (written entries are deleted)."""
+        """Entries waiting in each registered sale's outbox (written entries are deleted);
+        their sum is kept as `waiting`."""
         sales = await self.registered()
         try:
-            return {s: await self.redis.xlen(sale_keys(s).outbox) for s in sales}
+            lengths = await asyncio.gather(*(self.redis.xlen(sale_keys(s).outbox) for s in sales))
         except REDIS_DOWN as exc:
             raise Unavailable(Store.REDIS) from exc
+        self.waiting = sum(lengths)
+        return dict(zip(sales, lengths, strict=True))

@@ -25,7 +25,8 @@ from notsale.store.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
-# How often a worker marks the next sale ready and writes its registry entries again.
+# How often a worker marks the next sale ready, writes its registry entries again and counts
+# the outboxes' entries.
 WATCH_EVERY_S = 0.5
 # The only policy under which Redis never evicts sale keys or the outbox at maxmemory.
 SAFE_EVICTION_POLICY = "noeviction"
@@ -50,10 +51,12 @@ class Watch:
 
     async def check(self) -> None:
         """Mark the next sale ready before it starts (under its own server's id: on a
-        cluster, another master's), so that it opens without PostgreSQL, and keep the outbox
-        registry whole."""
+        cluster, another master's), so that it opens without PostgreSQL, keep the outbox
+        registry whole, and count what waits for PostgreSQL in all outboxes (checkouts are
+        refused past NOTSALE_OUTBOX_MAX)."""
         await self._reconciler.mark_ahead(current_sale(self._settings.sale_seconds) + 1)
         await self._engine.register_again()
+        await self._engine.backlogs()
 
     async def _run(self) -> None:
         while True:
