@@ -70,13 +70,19 @@ SIGTERM_WAIT_S = 30.0
 # The sale must not roll over before the run is over (with this much to spare).
 SALE_MARGIN_S = 600
 HOLD_SECONDS = 60
-# A Redis SIGKILLed with `appendfsync everysec` loses what it acknowledged but had not yet
-# written to its AOF: while a background fsync runs late it holds its AOF writes back for up
-# to 2 s and answers meanwhile. The outbox entries lost with them are the rows docs/faults.md
-# says a Redis rollback loses: counted as anomalies when their checkout was answered this
-# long before a kill, as violations otherwise.
-AOF_LOSS_S = 3.0
+# What a Redis rollback may lose, and so the rows docs/faults.md says it loses (counted as
+# anomalies when their checkout was answered in such a window, as violations otherwise):
+# - SIGKILLed with `appendfsync everysec`: Redis writes its AOF before it answers, and the
+#   kernel keeps what was written, except while a background fsync runs late: then it holds
+#   its AOF writes back for up to 2 s and answers meanwhile (redis.conf). So at most what it
+#   answered in the 2 s before the kill, whatever the flusher had read by then.
+# - restored from an older snapshot: everything it answered since the snapshot that no
+#   flusher had written to PostgreSQL.
+AOF_LOSS_S = 2.0
 REDIS_KILLED = "restart-redis: SIGKILL"
+# A PostgreSQL outage lasts from OUTAGE_S[0] to the larger of OUTAGE_S[1] and half the run
+# (a 60 s run has outages of up to 30 s).
+OUTAGE_S = (2.0, 8.0)
 # At most this many violations of one kind are spelled out; the rest are counted.
 EXAMPLES_PER_KIND = 10
 
@@ -157,7 +163,8 @@ class Report(msgspec.Struct, kw_only=True):
     log_levels: dict[str, int] = msgspec.field(default_factory=dict)  # server log lines
     log_errors: dict[str, int] = msgspec.field(default_factory=dict)  # error lines by msg
     events: list[str] = msgspec.field(default_factory=list)
-    redis_kills_s: list[float] = msgspec.field(default_factory=list)  # restart-redis SIGKILLs
+    # Since the crowd started: (from, to) of the answers a Redis rollback may have lost.
+    redis_lost_s: list[tuple[float, float]] = msgspec.field(default_factory=list)
     anomalies: list[str] = msgspec.field(default_factory=list)  # worth a look, not failures
     violations: list[str] = msgspec.field(default_factory=list)
     log_dir: str = ""
@@ -365,9 +372,12 @@ class Nemesis:
     KINDS = (
         "stall-redis",
         "cut-redis",
+        "hang-redis",
         "stall-postgres",
         "cut-postgres",
+        "refuse-postgres",
         "restart-redis",
+        "rollback-redis",
         "kill-worker",
         "delay",
     )
@@ -380,9 +390,15 @@ class Nemesis:
         pg_proxy: FaultProxy,
         server: subprocess.Popen[bytes],
         since: Callable[[], float],
+        seconds: float,
     ) -> None:
         self.rng = random.Random(seed)
+        self.outage_s = (OUTAGE_S[0], max(OUTAGE_S[1], seconds / 2))
         self.redis = redis
+        # rollback-redis: the snapshot taken at its first draw (path, when) and restored at
+        # the next; the answers each rollback may have lost.
+        self.snapshot: tuple[str, float] | None = None
+        self.lost: list[tuple[float, float]] = []
         self.proxies = {"redis": redis_proxy, "postgres": pg_proxy}
         self.server = server
         self.since = since
@@ -405,9 +421,10 @@ class Nemesis:
             delay_for_s = self.rng.uniform(*DELAY_FOR_S)
             target = self.rng.choice(sorted(self.proxies))
             victim = self.rng.random()
+            outage_s = self.rng.uniform(*self.outage_s)
             try:
-                async with asyncio.timeout(ACTION_TIMEOUT_S):
-                    await self.act(kind, stall_s, delay_ms, delay_for_s, target, victim)
+                async with asyncio.timeout(ACTION_TIMEOUT_S + outage_s):
+                    await self.act(kind, stall_s, delay_ms, delay_for_s, target, victim, outage_s)
             except Exception as exc:  # the run goes on; the failure is in the log
                 self.log(f"{kind} failed: {exc!r}")
             if self.server.poll() is not None:
@@ -422,8 +439,35 @@ class Nemesis:
         delay_for_s: float,
         target: str,
         victim: float,
+        outage_s: float,
     ) -> None:
-        if kind in ("stall-redis", "stall-postgres"):
+        if kind == "hang-redis":
+            self.log(f"hang-redis: SIGSTOP for {stall_s:.2f} s")
+            self.redis.hang()
+            try:
+                await asyncio.sleep(stall_s)
+            finally:
+                self.redis.wake()
+                self.log("hang-redis: SIGCONT")
+        elif kind == "refuse-postgres":
+            self.log(f"refuse-postgres for {outage_s:.2f} s")
+            await asyncio.to_thread(self.proxies["postgres"].refuse)
+            try:
+                await asyncio.sleep(outage_s)
+            finally:
+                await asyncio.to_thread(self.proxies["postgres"].refuse, False)
+                self.log("refuse-postgres over")
+        elif kind == "rollback-redis" and self.snapshot is None:
+            path = os.path.join(self.redis.dir, "older.rdb")
+            await asyncio.to_thread(self.redis.snapshot, path)
+            self.snapshot = (path, self.since())
+            self.log("rollback-redis: snapshot taken")
+        elif kind == "rollback-redis":
+            (path, taken_s), self.snapshot = self.snapshot, None
+            self.log("rollback-redis: SIGKILL, then started from the older snapshot")
+            await asyncio.to_thread(self.redis.restore, path)
+            self.lost.append((taken_s, self.since()))  # up to the kill, which came after the log
+        elif kind in ("stall-redis", "stall-postgres"):
             proxy = self.proxies[kind.removeprefix("stall-")]
             self.log(f"{kind} for {stall_s:.2f} s")
             await asyncio.to_thread(proxy.stall)
@@ -436,8 +480,10 @@ class Nemesis:
             self.log(kind)
             await asyncio.to_thread(self.proxies[kind.removeprefix("cut-")].cut)
         elif kind == "restart-redis":
+            killed_s = self.since()
             self.log(REDIS_KILLED)
             await asyncio.to_thread(self.redis.restart)
+            self.lost.append((killed_s - AOF_LOSS_S, self.since()))
             self.log("restart-redis: started again from its AOF")
         elif kind == "kill-worker":
             workers = await workers_of(self.server.pid)
@@ -589,7 +635,43 @@ def check(
     check_answers(report, checkouts, purchases, found)
     check_purchases(report, checkouts, purchases, attempts, stored, found)
     check_attempts(report, checkouts, attempts, found)
+    check_refusals(report, checkouts, attempts, stored, found)
     return found.as_list()
+
+
+def check_refusals(
+    report: Report,
+    checkouts: list[Checkout],
+    attempts: list[AttemptRow],
+    stored: list[PurchaseRow],
+    found: Violations,
+) -> None:
+    """Every 409 `item_sold` and 429 `user_limit` justified by what the rows say: the item
+    is stored as bought (unless its purchase may have been lost with Redis); the user had
+    checked out as many items as the limit before (holds outlive the run, so each counted
+    then). Redis deciding on lost or extra state would refuse what the rows do not justify."""
+    sold = {s.item_id for s in stored if s.sale_id == report.sale_id}
+    # The holds each user was given: answered 200 (and when), or made as a row says while the
+    # client never saw the 200 (its answer was lost, or it was 503 and decided ok after all).
+    answered: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for c in checkouts:
+        if c.status == 200:
+            answered[c.user].append((c.sent_s + c.took_s, c.item))
+    unseen: dict[str, set[int]] = defaultdict(set)
+    for row in attempts:
+        if "ok" in (row.outcome, row.decided) and row.item_id is not None:
+            unseen[row.user_id].add(row.item_id)
+    for c in checkouts:
+        done_s = c.sent_s + c.took_s
+        if c.status == 409 and c.error == "item_sold" and c.item not in sold:
+            if not lost_with_redis(report, done_s):
+                found.add("unjustified", f"checkout {c.user} {c.item}: item_sold, not stored")
+        elif c.status == 429 and c.error == "user_limit":
+            held = {item for at, item in answered[c.user] if at <= done_s} | unseen[c.user]
+            if len(held) < report.user_limit:
+                found.add(
+                    "unjustified", f"checkout {c.user} {c.item}: user_limit with {len(held)} held"
+                )
 
 
 def check_answers(
@@ -642,8 +724,8 @@ def check_answers(
 
 
 def lost_with_redis(report: Report, answered_s: float) -> bool:
-    """Whether a checkout answered then may have lost its outbox entry with a killed Redis."""
-    return any(0 <= kill - answered_s <= AOF_LOSS_S for kill in report.redis_kills_s)
+    """Whether a checkout answered then may have lost its outbox entry with a Redis rollback."""
+    return any(start <= answered_s <= end for start, end in report.redis_lost_s)
 
 
 def check_purchases(
@@ -826,7 +908,7 @@ async def run_nemesis(
             raise RuntimeError(f"server did not become healthy:\n{log_tail(log_path)}")
 
         crowd = Crowd(base_url, sale_size, seed, time.monotonic() + seconds)
-        nemesis = Nemesis(seed, redis, redis_proxy, pg_proxy, process, crowd.since)
+        nemesis = Nemesis(seed, redis, redis_proxy, pg_proxy, process, crowd.since, seconds)
         tasks = [
             asyncio.create_task(crowd.run(buyers)),
             asyncio.create_task(nemesis.run(crowd.deadline)),
@@ -857,7 +939,7 @@ async def run_nemesis(
         # by itself; no entry PostgreSQL would take is kept aside.
         unequal = await differences(redis.url, database_url, settings, report.sale_id)
         report.events = [f"{e.at_s:7.2f} s  {e.what}" for e in nemesis.events]
-        report.redis_kills_s = [e.at_s for e in nemesis.events if e.what == REDIS_KILLED]
+        report.redis_lost_s = nemesis.lost
         found = check(report, crowd.checkouts, crowd.purchases, attempts, stored)
         report.violations = violations.as_list() + found + [f"stores: {d}" for d in unequal]
         report.log_levels, report.log_errors = await asyncio.to_thread(scan_log, log_path)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from notsale.engine.lane import pack
 from tests.started import Started
 
 # A server that does not take connections within this long after its start fails the test.
@@ -103,6 +104,36 @@ class RedisServer(Started):
         """SIGSTOP: connections stay open and nothing answers, as behind a partition."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+
+    def wake(self) -> None:
+        """SIGCONT: a hung server goes on where it stood."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *words: str) -> bytes:
+        """One command, and the first line of its reply (a status or an error)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(pack(*words))
+            return sock.recv(256).split(b"\r\n", 1)[0]
+
+    def snapshot(self, path: str) -> None:
+        """The data as it is now, in an RDB file at `path`."""
+        assert self.command("SAVE") == b"+OK"
+        shutil.copyfile(os.path.join(self.dir, "dump.rdb"), path)
+
+    def restore(self, path: str) -> None:
+        """Killed, then started from the snapshot at `path` alone (an older backup restored:
+        what came after it is gone), its AOF made anew from it."""
+        self.kill()
+        shutil.rmtree(os.path.join(self.dir, "appendonlydir"), ignore_errors=True)
+        shutil.copyfile(path, os.path.join(self.dir, "dump.rdb"))
+        aof, self.aof = self.aof, False  # with an AOF on, Redis would not read the snapshot
+        try:
+            self.start()
+        finally:
+            self.aof = aof
+        if aof:
+            assert self.command("CONFIG", "SET", "appendonly", "yes") == b"+OK"
 
     def restart(self) -> None:
         """Killed and started again from its files (AOF or the last snapshot)."""

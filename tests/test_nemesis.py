@@ -25,13 +25,17 @@ STAMPEDE_S = 12.0
 MIN_ANSWERED = 300
 MIN_PURCHASES = 20
 # Seeds whose first 12 s bring every kind of fault between them (a seed always draws the
-# same faults): 17 kills a worker, restarts Redis, cuts and stalls PostgreSQL and slows a
-# store, on a sale too large to sell out, so that purchases meet the faults; 38 cuts both
-# stores, restarts and stalls Redis and slows a store, on the default sale (300 items,
-# 5 per user for 60 buyers), which sells out within a second or two: limits and refusals.
+# same faults; `python -m bench.nemesis` runs any others): 17 cuts and stalls PostgreSQL,
+# restarts Redis from its AOF and cuts it, on a sale too large to sell out, so that purchases
+# meet the faults; 38 restarts Redis and has PostgreSQL refuse connections for 8 s, on the
+# default sale (300 items, 5 per user for 60 buyers), which sells out within a second or two:
+# limits and refusals; 248 rolls Redis back to a snapshot taken seconds before, kills a worker
+# and hangs Redis (SIGSTOP); 170 restarts Redis, rolls it back, and has PostgreSQL refuse.
 RUNS = {
     "seed-17": {"seed": 17, "sale_size": 3000, "user_limit": 50},
     "seed-38": {"seed": 38, "sale_size": 300, "user_limit": 5},
+    "seed-248": {"seed": 248, "sale_size": 3000, "user_limit": 50},
+    "seed-170": {"seed": 170, "sale_size": 300, "user_limit": 5},
 }
 
 
@@ -157,7 +161,7 @@ def test_rows_lost_with_a_killed_redis_are_anomalies_only_just_before_the_kill()
     ]
     attempts = [attempt(1, "d", 3, "ok", code="D")]  # d's row was written: no anomaly
     report = small_report()
-    report.redis_kills_s = [10.0]
+    report.redis_lost_s = [(10.0 - 2.0, 10.0)]
     found = check(
         report, checkouts, purchases, attempts, [bought(1, "a", "A"), bought(3, "d", "D")]
     )

@@ -32,6 +32,20 @@ local function holds_of(user)
   return state and string.match(state, '^[^,]*(.*)$') or ''
 end
 
+-- A hold on the item no longer counted for the user (it was bought, by them or another).
+local function drop_hold(user, item)
+  local state = redis.call('HGET', USERS, user)
+  if state then
+    local kept = {}
+    for part in string.gmatch(state, '[^,]+') do
+      if #kept == 0 or string.match(part, '^(%d+):') ~= item then
+        kept[#kept + 1] = part
+      end
+    end
+    redis.call('HSET', USERS, user, table.concat(kept, ','))
+  end
+end
+
 -- Whether a user's bought and live held items reach the limit.
 local function at_limit(user)
   local state = redis.call('HGET', USERS, user) or '0'
@@ -53,9 +67,15 @@ while i <= #ARGV do
     if redis.call('HGET', SOLD, item) ~= user then
       redis.call('HSET', SOLD, item, user)
       restored = restored + 1
+    end
+    -- Bought: no longer held, by anyone (Redis may have lost the purchase, not the hold).
+    local held = redis.call('HGET', HOLD, item)
+    if held then
+      drop_hold(string.match(held, '^(.-)\t'), item)
       redis.call('HDEL', HOLD, item)
       redis.call('ZREM', HEXP, item)
     end
+    drop_hold(user, item)
     redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. paid .. '\t' .. paid .. '\t'
       .. seq)
     i = i + 6
