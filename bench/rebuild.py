@@ -33,7 +33,7 @@ SIZE, LIMIT = 10_000, 10
 CROWD = 200  # checkouts sent at once, spread over the servers
 STORE_PURCHASES = """
 INSERT INTO purchases (sale_id, item_id, user_id, code, purchased_at, user_seq)
-SELECT $1, i, 'u' || ((i - 1) / 10), 'code' || i || 'x' || $1, now(), (i - 1) % 10 + 1
+SELECT $1::bigint, i, 'u' || ((i - 1) / 10), 'code' || i || 'x' || $1::text, now(), (i - 1) % 10 + 1
 FROM generate_series(1, $2) AS i
 """
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,8 +17,13 @@ from typing import Self
 from tests.redisserver import RedisServer, redis_server_binary
 from tests.started import Started
 
-# A master silent this long is failed over to its replica (Redis' default is 15 s).
-NODE_TIMEOUT_MS = 1000
+# A master silent this long is failed over to its replica (Redis' default is 15 s), and a
+# replica takes over whatever its replication lag (validity factor 0; Redis' default is 10:
+# a replica cut off from its master for longer than 10 node timeouts does not). With
+# NOTSALE_TEST_CLUSTER_DEFAULTS=1, the clusters keep Redis' defaults for both, to learn what
+# a default cluster gives (docs/scaling.md).
+REDIS_DEFAULTS = os.environ.get("NOTSALE_TEST_CLUSTER_DEFAULTS") == "1"
+NODE_TIMEOUT_MS = 15_000 if REDIS_DEFAULTS else 1000
 FORM_TIMEOUT_S = 30.0
 
 
@@ -55,10 +61,10 @@ class RedisCluster(Started):
             "--protected-mode", "no",
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-            # A replica that lost its master takes over whatever its replication lag.
-            "--cluster-replica-validity-factor", "0",
         )  # fmt: skip
+        if not REDIS_DEFAULTS:
+            args += ("--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+            args += ("--cluster-replica-validity-factor", "0")
         self.nodes = [
             RedisServer(args=args, port=first_port and first_port + n)
             for n in range(masters * (1 + replicas))

@@ -30,7 +30,7 @@ from tests.conftest import Stores
 from tests.faultproxy import FaultProxy, through
 from tests.hosts import Hosts
 from tests.nemesis import Checkout, Crowd, Report, check, read_rows, wait_drained
-from tests.rediscluster import FORM_TIMEOUT_S, RedisCluster, cli
+from tests.rediscluster import FORM_TIMEOUT_S, NODE_TIMEOUT_MS, RedisCluster, cli
 from tests.redisserver import RedisServer
 from tests.test_reconcile import notsale_cli
 from tests.test_stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
@@ -38,13 +38,14 @@ from tests.test_stampede import USER_LIMIT, Tally, assert_sold_exactly_once_with
 HOSTS = 2
 SALE_SECONDS = 3600
 # The faults' runs: a sale large enough to be still selling when the fault strikes.
-RUN_S = 12.0
 FAULT_AT_S = 4.0
+RUN_S = max(12.0, FAULT_AT_S + 2 * NODE_TIMEOUT_MS / 1000)
 BUYERS_PER_SERVER = 30
 SALE_SIZE = 3000
 LIMIT = 5
-# After a fault, clients get 503 for at most this long (a failover takes ~2-3 s here).
-UNAVAILABLE_FOR_AT_MOST_S = 10.0
+# After a fault, clients get 503 for at most this long: the cluster's node timeout, then an
+# election (a failover took 3-4 s here with a 1 s node timeout).
+UNAVAILABLE_FOR_AT_MOST_S = NODE_TIMEOUT_MS / 1000 + 9
 # The violations a failover with a lagging replica may cause (see the test).
 LOSSES = ("missing row", "outcome", "orphan purchase")
 # How far behind its master the replica is held before the master is killed.
