@@ -14,7 +14,9 @@ from notsale.app import create_app
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.migrations import migrate
-from tests.conftest import Throwaway, wait_for
+from notsale.store.writer import COMMIT_DEADLINE_S
+from tests.conftest import Stores, Throwaway, wait_for
+from tests.faultproxy import in_front_of
 from tests.test_api import assert_error, checkout, purchase
 
 # An outage is answered within this long: bounded waits, never a hang.
@@ -115,3 +117,25 @@ async def test_redis_outage_is_a_quick_503_and_the_service_heals_when_it_returns
     rows = await db.fetch("SELECT outcome, item_id FROM checkout_attempts WHERE user_id = 'dot'")
     # Both refused checkouts have their row, the one naming the sale included.
     assert {("unavailable", 2), ("unavailable", 3)} <= {tuple(r) for r in rows}
+
+
+async def test_a_blackholed_postgres_answers_a_purchase_503_within_the_commit_deadline(
+    make_settings: Callable[..., Settings], stores: Stores, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL stops answering without closing anything (a blackhole, not a refusal): a
+    purchase is answered 503 once the commit deadline passes, never left hanging, and its
+    retry gets 200 once PostgreSQL answers again."""
+    with in_front_of(stores.database_url, 5432) as (pg, url):
+        settings = make_settings(database_url=url)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            first, code = [(await checkout(client, "bo", n)).json()["code"] for n in (1, 2)]
+            assert (await purchase(client, first)).status_code == 200  # a connection kept
+            with pg.stalled():
+                response, took = await timed(purchase(client, code))
+            assert_error(response, 503, "unavailable")
+            assert took < COMMIT_DEADLINE_S + 0.5, took
+
+            async def retried() -> int:
+                return int((await purchase(client, code)).status_code)
+
+            assert await wait_for(retried, 200, timeout=20) == 200
