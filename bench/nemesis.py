@@ -1,6 +1,6 @@
 """Nemesis runs from the command line, each seed against the same fresh database:
 
-    python -m bench.nemesis --seconds 60 --seeds 1 2 3 [--workers 2]
+    python -m bench.nemesis --seconds 60 --seeds 1 2 3 [--workers 2] [--cross]
 
 One summary line per seed, then its violations; exits 1 if any seed had one. The database
 (notsale_nemesis_<random>, on the server of NOTSALE_DATABASE_URL) is dropped afterwards; the
@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sale-size", type=int, default=300)
     parser.add_argument("--user-limit", type=int, default=5)
     parser.add_argument("--log-dir", default=None, help="default: a new temporary folder")
+    parser.add_argument(
+        "--cross",
+        action="store_true",
+        help="the next sale starts mid-run; a third of the checkouts name the older one",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,6 +76,7 @@ async def run(args: argparse.Namespace) -> list[Report]:
                 sale_size=args.sale_size,
                 user_limit=args.user_limit,
                 log_dir=str(log_root / f"seed-{seed}"),
+                cross=args.cross,
             )
             reports.append(report)
             print(report.summary(), flush=True)

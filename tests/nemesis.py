@@ -92,11 +92,14 @@ OUTCOMES_BY_STATUS: dict[int, frozenset[str]] = {
     400: frozenset({"invalid_request"}),
     404: frozenset({"item_not_found"}),
     409: frozenset({"item_sold", "item_held"}),
+    410: frozenset({"sale_closed"}),
     429: frozenset({"user_limit"}),
     503: frozenset({"unavailable"}),
 }
-# The only statuses a well-formed checkout of an existing item may get.
+# The only statuses a well-formed checkout of an existing item may get (naming an older sale,
+# 410 too: it sold out).
 CHECKOUT_STATUSES = frozenset({200, 409, 429, 503})
+NAMED_CHECKOUT_STATUSES = CHECKOUT_STATUSES | {410}
 # What a purchase of a code just issued may get: 2xx, the contract's refusals, or 503.
 PURCHASE_STATUSES = frozenset({200, 404, 409, 410, 429, 503})
 
@@ -111,6 +114,8 @@ class Checkout(msgspec.Struct, kw_only=True):
     status: int | None = None  # None: no answer (transport error or client timeout)
     error: str | None = None  # the body's "error", or the transport error's type
     code: str | None = None  # the code of a 200
+    sale_id: int | None = None  # the sale of a 200
+    named: int | None = None  # the sale the checkout named, if it named one
 
 
 class Purchase(msgspec.Struct, kw_only=True):
@@ -141,7 +146,8 @@ class Report(msgspec.Struct, kw_only=True):
     buyers: int
     sale_size: int
     user_limit: int
-    sale_id: int = 0
+    sale_id: int = 0  # the sale running when the crowd started
+    sale_ids: list[int] = msgspec.field(default_factory=list)  # and the next, if it crossed
     checkouts_sent: int = 0
     checkouts_answered: int = 0
     checkouts_unknown: int = 0  # transport errors + 503s: the client cannot tell
@@ -216,6 +222,15 @@ def sale_seconds_for(run_s: float, now: float | None = None) -> int:
     return seconds
 
 
+def crossing_sale_seconds(run_s: float, now: float | None = None) -> int:
+    """A sale length under which the next sale starts between 40 % and 60 % into the run."""
+    now = time.time() if now is None else now
+    seconds = max(10, int(run_s))
+    while not 0.4 * run_s <= seconds - now % seconds <= 0.6 * run_s:
+        seconds += 1
+    return seconds
+
+
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment of a `notsale serve` with these settings (as the `serve` fixture)."""
     fields = {
@@ -256,11 +271,20 @@ async def workers_of(pid: int) -> list[int]:
 
 class Crowd:
     def __init__(
-        self, base_url: str, sale_size: int, seed: int, deadline: float, *, prefix: str = "b"
+        self,
+        base_url: str,
+        sale_size: int,
+        seed: int,
+        deadline: float,
+        *,
+        prefix: str = "b",
+        named: int | None = None,
     ) -> None:
         """Buyers are named `prefix` and a number: crowds of other prefixes may shop at once
-        (at other servers, say)."""
+        (at other servers, say). With `named`, a third of the checkouts name that sale (once
+        the next one runs, the older sale is still open)."""
         self.base_url = base_url
+        self.named = named
         self.prefix = prefix
         self.sale_size = sale_size
         self.seed = seed
@@ -298,7 +322,8 @@ class Crowd:
             for item in items:
                 if time.monotonic() >= self.deadline:
                     return
-                checkout = await self.checkout(http, user, item)
+                named = self.named if self.named is not None and rng.random() < 1 / 3 else None
+                checkout = await self.checkout(http, user, item, named)
                 if checkout.code is not None:
                     await self.purchase(http, checkout, rng)
                 elif checkout.status == 429:
@@ -308,11 +333,16 @@ class Crowd:
                     await asyncio.sleep(TRANSPORT_BACKOFF_S)
             generation += 1
 
-    async def checkout(self, http: httpx.AsyncClient, user: str, item: int) -> Checkout:
-        record = Checkout(user=user, item=item, sent_s=self.since())
+    async def checkout(
+        self, http: httpx.AsyncClient, user: str, item: int, named: int | None = None
+    ) -> Checkout:
+        record = Checkout(user=user, item=item, sent_s=self.since(), named=named)
         self.checkouts.append(record)
+        params: dict[str, str | int] = {"user_id": user, "id": item}
+        if named is not None:
+            params["sale_id"] = named
         try:
-            response = await http.post("/checkout", params={"user_id": user, "id": item})
+            response = await http.post("/checkout", params=params)
         except httpx.TransportError as exc:
             record.error = type(exc).__name__
         else:
@@ -320,6 +350,7 @@ class Crowd:
             body = body_of(response)
             if response.status_code == 200:
                 record.code = str(body.get("code"))
+                record.sale_id = int(body.get("sale_id", 0))
             else:
                 record.error = str(body.get("error"))
         record.took_s = self.since() - record.sent_s
@@ -632,6 +663,7 @@ def check(
     """What PostgreSQL holds against what the crowd was answered; fills the report's counts
     and returns the violations (empty: the run kept every promise)."""
     found = Violations()
+    report.sale_ids = report.sale_ids or [report.sale_id]
     check_answers(report, checkouts, purchases, found)
     check_purchases(report, checkouts, purchases, attempts, stored, found)
     check_attempts(report, checkouts, attempts, found)
@@ -646,28 +678,42 @@ def check_refusals(
     stored: list[PurchaseRow],
     found: Violations,
 ) -> None:
-    """Every 409 `item_sold` and 429 `user_limit` justified by what the rows say: the item
-    is stored as bought (unless its purchase may have been lost with Redis); the user had
-    checked out as many items as the limit before (holds outlive the run, so each counted
-    then). Redis deciding on lost or extra state would refuse what the rows do not justify."""
-    sold = {s.item_id for s in stored if s.sale_id == report.sale_id}
+    """Every 409 `item_sold`, 410 `sale_closed` and 429 `user_limit` justified by what the rows
+    say: the item is stored as bought, the sale sold out (unless a purchase may have been lost
+    with Redis); the user had checked out as many items as the limit before in that sale
+    (holds outlive the run, so each counted then). Redis deciding on lost or extra state
+    would refuse what the rows do not justify."""
+    sold = {(s.sale_id, s.item_id) for s in stored}
+    sold_out = {
+        sale for sale, n in Counter(s.sale_id for s in stored).items() if n >= report.sale_size
+    }
+    sale_of = {(a.user_id, a.item_id): a.sale_id for a in attempts}
     # The holds each user was given: answered 200 (and when), or made as a row says while the
     # client never saw the 200 (its answer was lost, or it was 503 and decided ok after all).
-    answered: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    # Each per sale, the sale a row names (a refusal's row is the only record of its sale).
+    answered: dict[tuple[int, str], list[tuple[float, int]]] = defaultdict(list)
     for c in checkouts:
-        if c.status == 200:
-            answered[c.user].append((c.sent_s + c.took_s, c.item))
-    unseen: dict[str, set[int]] = defaultdict(set)
+        if c.status == 200 and c.sale_id is not None:
+            answered[(c.sale_id, c.user)].append((c.sent_s + c.took_s, c.item))
+    unseen: dict[tuple[int, str], set[int]] = defaultdict(set)
     for row in attempts:
         if "ok" in (row.outcome, row.decided) and row.item_id is not None:
-            unseen[row.user_id].add(row.item_id)
+            unseen[(row.sale_id, row.user_id)].add(row.item_id)
     for c in checkouts:
         done_s = c.sent_s + c.took_s
-        if c.status == 409 and c.error == "item_sold" and c.item not in sold:
+        sale = sale_of.get((c.user, c.item))
+        if sale is None:
+            continue  # no row: check_attempts says whether that is allowed
+        if c.status == 410 and sale not in sold_out and not lost_with_redis(report, done_s):
+            found.add(
+                "unjustified", f"checkout {c.user} {c.item}: sale {sale} closed, not sold out"
+            )
+        elif c.status == 409 and c.error == "item_sold" and (sale, c.item) not in sold:
             if not lost_with_redis(report, done_s):
                 found.add("unjustified", f"checkout {c.user} {c.item}: item_sold, not stored")
         elif c.status == 429 and c.error == "user_limit":
-            held = {item for at, item in answered[c.user] if at <= done_s} | unseen[c.user]
+            mine = answered[(sale, c.user)]
+            held = {item for at, item in mine if at <= done_s} | unseen[(sale, c.user)]
             if len(held) < report.user_limit:
                 found.add(
                     "unjustified", f"checkout {c.user} {c.item}: user_limit with {len(held)} held"
@@ -690,7 +736,7 @@ def check_answers(
     report.slowest_checkout_s = round(max((c.took_s for c in answered), default=0.0), 3)
     for c in answered:
         assert c.status is not None
-        if c.status not in CHECKOUT_STATUSES:
+        if c.status not in (CHECKOUT_STATUSES if c.named is None else NAMED_CHECKOUT_STATUSES):
             found.add("unexpected status", f"checkout {c.user} {c.item}: {c.status} {c.error}")
         elif c.status != 200 and c.error not in OUTCOMES_BY_STATUS[c.status]:
             found.add("body", f"checkout {c.user} {c.item}: {c.status} with error {c.error!r}")
@@ -738,13 +784,14 @@ def check_purchases(
 ) -> None:
     """Sold <= stock, every user within the limit, every 200 stored, nothing else stored."""
     report.purchases = len(stored)
-    if len(stored) > report.sale_size:
-        found.add("oversold", f"{len(stored)} purchases of {report.sale_size} items")
+    for sale, n in Counter(s.sale_id for s in stored).items():
+        if n > report.sale_size:
+            found.add("oversold", f"{n} purchases of {report.sale_size} items in sale {sale}")
     for s in stored:
         if not 1 <= s.item_id <= report.sale_size:
             found.add("oversold", f"item {s.item_id} is not in the sale: {s}")
-        if s.sale_id != report.sale_id:
-            found.add("sale", f"purchase in sale {s.sale_id}, not {report.sale_id}: {s}")
+        if s.sale_id not in report.sale_ids:
+            found.add("sale", f"purchase in sale {s.sale_id}, not {report.sale_ids}: {s}")
     items = Counter((s.sale_id, s.item_id) for s in stored)
     for item, n in items.items():
         if n > 1:
@@ -793,8 +840,8 @@ def check_attempts(
         rows_of[(row.user_id, row.item_id)].append(row)
         if row.decided is not None and row.outcome != "unavailable":
             found.add("decided", f"row {row.id} says {row.outcome} and decided {row.decided}")
-        if row.sale_id != report.sale_id:
-            found.add("sale", f"row {row.id} in sale {row.sale_id}, not {report.sale_id}")
+        if row.sale_id not in report.sale_ids:
+            found.add("sale", f"row {row.id} in sale {row.sale_id}, not {report.sale_ids}")
     for pair, rows in rows_of.items():
         if len(rows) > 1:
             found.add("duplicate rows", f"{pair}: {[(r.id, r.outcome) for r in rows]}")
@@ -823,8 +870,12 @@ def check_attempts(
                 f"checkout {c.user} {c.item} sent at {c.sent_s:.2f} s answered {c.status}"
                 f" {c.error or ''}, row {row.id} says {row.outcome} (decided {row.decided})",
             )
-        elif c.status == 200 and row.code != c.code:
-            found.add("outcome", f"checkout {c.user} {c.item}: code {c.code}, row has {row.code}")
+        elif c.status == 200 and (row.code, row.sale_id) != (c.code, c.sale_id):
+            found.add(
+                "outcome",
+                f"checkout {c.user} {c.item}: code {c.code} of sale {c.sale_id}, row has"
+                f" {row.code} of sale {row.sale_id}",
+            )
 
 
 async def differences(
@@ -860,8 +911,11 @@ async def run_nemesis(
     sale_size: int = 300,
     user_limit: int = 5,
     log_dir: str,
+    cross: bool = False,
 ) -> Report:
-    """One nemesis run against a migrated, empty database; see the module's docstring."""
+    """One nemesis run against a migrated, empty database; see the module's docstring.
+    `cross`: the next sale starts mid-run, the older one stays open, and a third of the
+    checkouts name the older one."""
     began = time.monotonic()
     logs = Path(log_dir)
     await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
@@ -887,7 +941,13 @@ async def run_nemesis(
         await asyncio.to_thread(redis.start)
         redis_proxy.start()
         pg_proxy.start()
-        sale_seconds = sale_seconds_for(seconds + OUTBOX_DRAIN_S + 120)
+        outlive_s = seconds + OUTBOX_DRAIN_S + 120
+        if cross:
+            sale_seconds = crossing_sale_seconds(seconds)
+            open_seconds = sale_seconds * (2 + int(outlive_s // sale_seconds))
+        else:
+            # The sale under test closes when the next starts, after the run.
+            sale_seconds = open_seconds = sale_seconds_for(outlive_s)
         settings = Settings(
             redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
             database_url=through(database_url, pg_proxy),
@@ -895,19 +955,21 @@ async def run_nemesis(
             port=free_port(),
             workers=workers,
             sale_seconds=sale_seconds,
-            sale_open_seconds=sale_seconds,  # the sale under test closes when the next starts
+            sale_open_seconds=open_seconds,
             sale_size=sale_size,
             user_limit=user_limit,
             hold_seconds=HOLD_SECONDS,
         )
         report.sale_id = int(time.time() // sale_seconds)
+        report.sale_ids = [report.sale_id, report.sale_id + 1] if cross else [report.sale_id]
         base_url = f"http://{settings.host}:{settings.port}"
         log_path = str(logs / "server.log")
         process = spawn_server(server_env(settings), log_path)
         if not await wait_healthy(base_url, process, SERVER_START_TIMEOUT_S):
             raise RuntimeError(f"server did not become healthy:\n{log_tail(log_path)}")
 
-        crowd = Crowd(base_url, sale_size, seed, time.monotonic() + seconds)
+        named = report.sale_id if cross else None
+        crowd = Crowd(base_url, sale_size, seed, time.monotonic() + seconds, named=named)
         nemesis = Nemesis(seed, redis, redis_proxy, pg_proxy, process, crowd.since, seconds)
         tasks = [
             asyncio.create_task(crowd.run(buyers)),
@@ -924,7 +986,8 @@ async def run_nemesis(
         else:
             if not await wait_healthy(base_url, process, HEAL_TIMEOUT_S):
                 violations.add("no recovery", f"/health not 200 {HEAL_TIMEOUT_S} s after healing")
-            await settle(base_url, report.sale_id)
+            for sale in report.sale_ids:
+                await settle(base_url, sale)
             left = await wait_drained(redis.url, OUTBOX_DRAIN_S)
             if left:
                 violations.add("outbox", f"{left} entries still unwritten after {OUTBOX_DRAIN_S} s")
@@ -937,7 +1000,11 @@ async def run_nemesis(
         attempts, stored, report.rejects = await read_rows(database_url)
         # Redis holds what PostgreSQL stored, both ways, once the service rebuilt the sale
         # by itself; no entry PostgreSQL would take is kept aside.
-        unequal = await differences(redis.url, database_url, settings, report.sale_id)
+        unequal = [
+            f"sale {sale}: {d}"
+            for sale in report.sale_ids
+            for d in await differences(redis.url, database_url, settings, sale)
+        ]
         report.events = [f"{e.at_s:7.2f} s  {e.what}" for e in nemesis.events]
         report.redis_lost_s = nemesis.lost
         found = check(report, crowd.checkouts, crowd.purchases, attempts, stored)

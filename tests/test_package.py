@@ -57,7 +57,9 @@ def test_the_image_is_slim_unprivileged_checked_and_serves() -> None:
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 60)
 async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
-    tmp_path: Path, stores: Stores
+    tmp_path: Path,
+    stores: Stores,
+    db: asyncpg.Connection,  # empties the run's Redis, which this test shares
 ) -> None:
     """The Dockerfile's own pip commands: the wheel built from a copy of the source (a build
     leaves build/ and *.egg-info in the tree it builds), then installed with the lock into
