@@ -1,7 +1,8 @@
 """The outbox: the log of decisions Redis keeps until PostgreSQL has them as rows.
 
 This module owns the entry format (written by sale.lua and by `record_refused` below, read by
-the flusher), its codec, and how a checkout refused before Redis decided it is recorded.
+the flusher), its codec, the stream's key, field and consumer group, and how a checkout
+refused before Redis decided it is recorded.
 Every checkout carries a request id made by its worker; its attempt row is keyed by it, so
 the decision's entry and any fallback row of the same request become one row.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from notsale.engine.clock import now_ms
+from notsale.engine.keys import sale_keys
 from notsale.errors import ErrorCode, NotsaleError, Store
 from notsale.store.rows import AttemptRow, PurchaseRow, int_or_none, ms_to_datetime, storable
 
@@ -25,11 +27,21 @@ RAW_VALUE_CHARS = 128
 RAW_QUERY_CHARS = 1024
 
 
-class OutboxEvent(msgspec.Struct, array_like=True, frozen=True):
-    """One entry: a JSON array in the stream entry's field "e". sale.lua builds the same
-    array with cjson: {kind, request, user, item, outcome, code, time_ms, seq}."""
+# Every entry of a sale's stream has one field, FIELD; the flushers read the streams as one
+# consumer group.
+FIELD = "e"
+GROUP = "flushers"
 
-    kind: str  # "c" checkout attempt, "p" purchase
+
+def stream(sale_id: int) -> str:
+    """The key of a sale's outbox stream (one of the sale's keys: see engine/keys.py)."""
+    return sale_keys(sale_id).outbox
+
+
+class _Event(msgspec.Struct, array_like=True, frozen=True, tag_field="kind"):
+    """An entry: a JSON array whose first element is its kind. sale.lua builds the same
+    arrays with cjson: {kind, request, user, item, outcome, code, time_ms, seq}."""
+
     request: str  # the checkout's request id (the attempt row's key); "" for a purchase
     user: str
     item: str
@@ -37,20 +49,36 @@ class OutboxEvent(msgspec.Struct, array_like=True, frozen=True):
     code: str
     time_ms: str
     seq: int  # a purchase's place among its user's purchases in the sale (1..limit); else 0
+
+
+class Checkout(_Event, frozen=True, tag="c"):
+    """A checkout attempt, whatever its outcome."""
+
     query: str | None = None  # the raw query string of a malformed request
     # The sale the attempt named, when it is not the stream's: a checkout naming a sale that
     # closed long ago is logged in the running sale's outbox (the old one's may be gone).
     sale: int | None = None
 
 
+class Purchase(_Event, frozen=True, tag="p"):
+    """A purchase Redis decided."""
+
+
+Event = Checkout | Purchase
 ENCODER = msgspec.json.Encoder()
-DECODER = msgspec.json.Decoder(OutboxEvent)
+DECODER = msgspec.json.Decoder(Event)
+
+
+def entry(event: Event) -> dict[str, str]:
+    """A stream entry's fields, as XADD takes them."""
+    return {FIELD: ENCODER.encode(event).decode()}
+
 
 # What `rows` raises for an entry that is not one this module or sale.lua wrote.
 UNREADABLE = (KeyError, ValueError, OverflowError, OSError, msgspec.MsgspecError)
 
 
-def attempt_row(sale_id: int, event: OutboxEvent, entry_id: str = "") -> AttemptRow:
+def attempt_row(sale_id: int, event: Checkout, entry_id: str = "") -> AttemptRow:
     query = None if event.query is None else storable(event.query)
     return AttemptRow(
         event.request or f"{sale_id}:{entry_id}",
@@ -67,9 +95,9 @@ def attempt_row(sale_id: int, event: OutboxEvent, entry_id: str = "") -> Attempt
 def rows(
     sale_id: int, entry_id: str, payload: str | bytes
 ) -> tuple[AttemptRow | None, PurchaseRow | None]:
-    """One stream entry as the row it logs."""
+    """One stream entry's payload (its FIELD) as the row it logs."""
     event = DECODER.decode(payload)
-    if event.kind == "p":
+    if isinstance(event, Purchase):
         at = ms_to_datetime(int(event.time_ms))
         return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at, event.seq)
     return attempt_row(sale_id, event, entry_id), None
@@ -82,10 +110,9 @@ def refused_event(
     item_raw: str,
     query: str,
     sale_id: int | None = None,
-) -> OutboxEvent:
+) -> Checkout:
     """The entry of a checkout refused in Python, its raw values cut to bounded length."""
-    return OutboxEvent(
-        "c",
+    return Checkout(
         request_id,
         user_raw[:RAW_VALUE_CHARS],
         item_raw[:RAW_VALUE_CHARS],
@@ -102,7 +129,7 @@ async def record_refused(
     engine: SaleEngine,
     writer: GroupCommit,
     sale_id: int,
-    event: OutboxEvent,
+    event: Checkout,
     failed: Store | None,
 ) -> None:
     """Record a checkout that Redis did not decide, in whichever store takes it: the outbox

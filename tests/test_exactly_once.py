@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import coredis
 import httpx
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notsale import outbox
 from notsale.api import checkout as checkout_module
 from notsale.app import create_app
 from notsale.config import Settings
@@ -32,7 +32,7 @@ from notsale.engine.clock import CLOCK_SKEW_MS, current_sale
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.watch import WATCH_EVERY_S
 from notsale.store import flusher as flusher_module
-from notsale.store.flusher import GROUP, Flusher
+from notsale.store.flusher import Flusher
 from notsale.store.migrations import migrate
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import REBUILD_DEADLINE_S, Reconciler
@@ -88,8 +88,8 @@ async def test_a_stalled_redis_decides_a_checkout_once_and_its_503_row_keeps_the
             coredis.Redis.from_url(server.url, stream_timeout=10) as admin,
         ):
             assert (await checkout(client, "ann", 1)).status_code == 200  # the sale is ready
-            outbox = sale_keys(current_sale(settings.sale_seconds)).outbox
-            added = (await admin.xinfo_stream(outbox))["entries-added"]
+            stream = outbox.stream(current_sale(settings.sale_seconds))
+            added = (await admin.xinfo_stream(stream))["entries-added"]
             busy = asyncio.ensure_future(admin.eval(BUSY, [], [2500]))
             await asyncio.sleep(0.1)
             assert_error(await checkout(client, "bea", 2), 503, "unavailable")
@@ -97,7 +97,7 @@ async def test_a_stalled_redis_decides_a_checkout_once_and_its_503_row_keeps_the
             await asyncio.sleep(0.5)  # a replay, if any, would have run by now
 
             async def decisions() -> Any:
-                return (await admin.xinfo_stream(outbox))["entries-added"] - added
+                return (await admin.xinfo_stream(stream))["entries-added"] - added
 
             assert await decisions() == 1
             [row] = await rows_settled(db, "bea", 1)
@@ -203,7 +203,7 @@ async def test_an_outbox_older_than_two_sales_is_drained_then_deleted(
 
         async def gone() -> bool:
             registered = {int(s) for s in await redis.smembers(OUTBOX_REGISTRY)}
-            exists = await redis.exists([sale_keys(first).outbox])
+            exists = await redis.exists([outbox.stream(first)])
             return first not in registered and not exists
 
         assert await wait_for(gone, True) is True
@@ -306,21 +306,22 @@ async def test_one_bad_entry_in_a_copy_batch_is_set_aside_and_the_rest_written(
     """Case 5: a value out of a column's range fails COPY in the driver (OverflowError, not a
     PostgreSQL error); the batch is written row by row and that entry kept aside."""
     sale = current_sale(settings.sale_seconds)
-    outbox = sale_keys(sale).outbox
+    stream = outbox.stream(sale)
     good = [
-        msgspec.json.encode(["c", f"r{n}", f"u{n}", "5", "item_held", "", "1795482486613", 0])
+        outbox.entry(outbox.Checkout(f"r{n}", f"u{n}", "5", "item_held", "", "1795482486613", 0))
         for n in range(1000)
     ]
-    bad = b'["p","","u","99999999999","ok","c0de","1795482486613",1]'  # item beyond integer
+    # An item beyond PostgreSQL's integer.
+    bad = outbox.entry(outbox.Purchase("", "u", "99999999999", "ok", "c0de", "1795482486613", 1))
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
             for entry in [*good[:500], bad, *good[500:]]:
-                await redis.xadd(outbox, {"e": entry})
+                await redis.xadd(stream, entry)
             flusher = Flusher(redis, pool, settings)
             assert await flusher.flush_once(block_ms=1) == 1000
             assert await flusher.flush_once(block_ms=1) == 1
-            assert await redis.xlen(outbox) == 0
+            assert await redis.xlen(stream) == 0
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1000
@@ -336,18 +337,18 @@ async def test_an_entry_handed_out_many_times_is_written_not_set_aside(
     handed out, an entry PostgreSQL takes is written, never set aside (here by a drain, which
     claims every pending entry at once, as `notsale reconcile` does)."""
     sale = current_sale(settings.sale_seconds)
-    outbox = sale_keys(sale).outbox
-    entry = msgspec.json.encode(["c", "r1", "u", "5", "item_held", "", "1795482486613", 0])
+    stream = outbox.stream(sale)
+    entry = outbox.entry(outbox.Checkout("r1", "u", "5", "item_held", "", "1795482486613", 0))
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
-            await redis.xgroup_create(outbox, GROUP, "0", mkstream=True)
-            entry_id = await redis.xadd(outbox, {"e": entry})
-            await redis.xreadgroup(GROUP, "dead-0", streams={outbox: ">"})
+            await redis.xgroup_create(stream, outbox.GROUP, "0", mkstream=True)
+            entry_id = await redis.xadd(stream, entry)
+            await redis.xreadgroup(outbox.GROUP, "dead-0", streams={stream: ">"})
             for n in range(1, 20):
-                await redis.xclaim(outbox, GROUP, f"dead-{n}", 0, [entry_id])
+                await redis.xclaim(stream, outbox.GROUP, f"dead-{n}", 0, [entry_id])
             assert await Reconciler(redis, pool, settings).drain(sale) == 1
-            assert await redis.xlen(outbox) == 0
+            assert await redis.xlen(stream) == 0
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
@@ -405,7 +406,7 @@ async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_
         await asyncio.sleep(WATCH_EVERY_S + 0.2)  # the watch counts every outbox
         assert_error(await checkout(client, "kay", 5), 503, "unavailable")
         assert_error(await checkout(client, "kay", "x"), 400, "invalid_request")
-        assert await redis.xlen(sale_keys(running).outbox) == 3  # one decision, two rows
+        assert await redis.xlen(outbox.stream(running)) == 3  # one decision, two rows
         await asyncio.to_thread(servers.services, "up")
         conn = await asyncpg.connect(servers.database_url)
         try:

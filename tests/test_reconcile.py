@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 from litestar.testing import AsyncTestClient
 
+from notsale import outbox
 from notsale.config import Settings
 from notsale.engine.client import connect
 from notsale.engine.clock import current_sale
-from notsale.store.flusher import GROUP
 from tests.test_api import assert_error, checkout, purchase
 
 Client = AsyncTestClient[Any]
@@ -90,13 +90,13 @@ async def test_reconcile_writes_outbox_entries_left_pending(
     # No server runs: these entries stand for decisions whose worker died before its flush.
     sale_id = current_sale(settings.sale_seconds)
     async with connect(settings.redis_url) as redis:
-        stream = f"{{sale:{sale_id}}}:outbox"
-        await redis.xgroup_create(stream, GROUP, "0", mkstream=True)
+        stream = outbox.stream(sale_id)
+        await redis.xgroup_create(stream, outbox.GROUP, "0", mkstream=True)
         for user in ("olga", "pat"):
-            entry = f'["c","r-{user}","{user}","6","item_held","","1795482486613",0]'
-            await redis.xadd(stream, {"e": entry})
+            made = outbox.Checkout(f"r-{user}", user, "6", "item_held", "", "1795482486613", 0)
+            await redis.xadd(stream, outbox.entry(made))
         # One was read by a consumer that then died: it sits in that consumer's pending list.
-        await redis.xreadgroup(GROUP, "dead-worker", streams={stream: ">"}, count=1)
+        await redis.xreadgroup(outbox.GROUP, "dead-worker", streams={stream: ">"}, count=1)
     repair = notsale_cli(settings, "reconcile", "--sale-id", str(sale_id))
     assert repair.returncode == 0, repair.stdout + repair.stderr
     users = await db.fetch("SELECT user_id FROM checkout_attempts ORDER BY user_id")

@@ -11,12 +11,13 @@ import asyncpg
 import msgspec
 import pytest
 
+from notsale import outbox
 from notsale.__main__ import main
 from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.errors import ErrorCode
 from notsale.store import rows
-from notsale.store.flusher import GROUP, Flusher
+from notsale.store.flusher import Flusher
 from notsale.store.migrations import migrate, migration_files, with_path
 from notsale.store.pool import create_pool
 from notsale.store.reconcile import Reconciler
@@ -230,9 +231,9 @@ async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
         while (n := await flusher.flush_once(block_ms=10)) or not written:
             written += n
         assert written == 3
-        key = f"{{sale:{decision.sale_id}}}:outbox"
+        key = outbox.stream(decision.sale_id)
         assert await redis.xlen(key) == 0
-        pending = await redis.xpending(key, GROUP)
+        pending = await redis.xpending(key, outbox.GROUP)
         assert pending.pending == 0
     await pool.close()
     outcomes = await db.fetch("SELECT user_id, outcome FROM checkout_attempts ORDER BY id")
@@ -243,18 +244,19 @@ async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
 async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_outbox(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
+    made = outbox.Checkout("r1", "u", "5", "item_sold", "", "1795482486613", 0)
     bad = [
-        {"e": "not json"},
-        {"x": "no e field"},
-        {"e": '["c","r1","u","5","not_an_outcome","","1795482486613",0]'},  # PostgreSQL refuses
-        {"e": '["c","r2","u","5","item_sold","","99999999999999999999",0]'},  # no such time
-        {"e": '["c","u","5","item_sold","","1795482486613"]'},  # an older format
+        {outbox.FIELD: "not json"},
+        {"x": "no entry field"},
+        outbox.entry(msgspec.structs.replace(made, outcome="not_an_outcome")),  # refused
+        outbox.entry(msgspec.structs.replace(made, request="r2", time_ms="9" * 20)),  # no time
+        {outbox.FIELD: '["c","u","5","item_sold","","1795482486613"]'},  # an older format
     ]
     pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
         redis = engine.redis
         decision = await engine.checkout("zoe", 5)
-        key = f"{{sale:{decision.sale_id}}}:outbox"
+        key = outbox.stream(decision.sale_id)
         bad_ids = [await redis.xadd(key, fields) for fields in bad]
         await engine.checkout("yan", 6)
         flusher = Flusher(redis, pool, settings)
@@ -302,9 +304,9 @@ async def test_entries_left_pending_by_a_dead_flusher_are_claimed_and_written(
         await survivor.flush_once(block_ms=1)  # creates the group
         for item in (1, 2, 3):
             await engine.checkout(f"u{item}", item)
-        key = f"{{sale:{current_sale(settings.sale_seconds)}}}:outbox"
+        key = outbox.stream(current_sale(settings.sale_seconds))
         # A worker reads the entries, then dies before writing and acknowledging them.
-        await redis.xreadgroup(GROUP, "dead", streams={key: ">"}, count=10)
+        await redis.xreadgroup(outbox.GROUP, "dead", streams={key: ">"}, count=10)
         assert await survivor.flush_once(block_ms=1) == 0  # not idle long enough yet
         await asyncio.sleep(0.3)
         survivor._next_claim = 0  # its next batch looks for silent flushers' entries

@@ -11,7 +11,7 @@
 --                      lazily); seqs, "1.2.4", lists the user's purchases' seqs when they are
 --                      not 1..bought (a rebuild found a gap: see next_seq)
 --       6 outbox stream of decisions for the PostgreSQL flusher: one field "e" per entry,
---         the JSON array of notsale/outbox.py's OutboxEvent
+--         the JSON array of notsale/outbox.py's Checkout or Purchase
 --       7 ready  string: the Redis server id (run_id) under which the sale's state was last
 --         known complete (see reconcile.lua). Missing or another id than this server's: Redis
 --         lost data (a restart, a failover) or the sale is new, so checkouts and purchases

@@ -34,13 +34,12 @@ from notsale import metrics, outbox
 from notsale.config import Settings
 from notsale.engine.client import REDIS_DOWN, Client
 from notsale.engine.clock import CLOCK_SKEW_MS, current_sale, now_ms, sale_window
-from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.engine.keys import OUTBOX_REGISTRY
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 from notsale.store.rows import AttemptRow, PurchaseRow, RejectRow, write_groups, write_rejects
 
 log = logging.getLogger(__name__)
 
-GROUP = "flushers"
 # Up to this many entries per read go into one batch: large enough to keep up with a
 # stampede in a few commits a second, small enough to keep one transaction short.
 BATCH_MAX = 1000
@@ -184,7 +183,7 @@ class Flusher:
         (decisions land in the running sale's stream; just after a rollover, late ones may
         still land in the previous sale's)."""
         if self._sale_ids is not None:
-            return {s: sale_keys(s).outbox for s in self._sale_ids}
+            return {s: outbox.stream(s) for s in self._sale_ids}
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_registry:
             self._next_registry = loop.time() + REGISTRY_EVERY_S
@@ -196,7 +195,7 @@ class Flusher:
             await self._clean_up(sale)
         # The running sale last: on a cluster, reads wait on its stream only (see _read).
         sales = [*sorted((self._registered | {sale - 1}) - {sale}), sale]
-        return {s: sale_keys(s).outbox for s in sales}
+        return {s: outbox.stream(s) for s in sales}
 
     async def flush_once(self, block_ms: int = BLOCK_MS) -> int:
         """Read one batch, commit it, acknowledge it. Returns how many entries it wrote."""
@@ -228,7 +227,9 @@ class Flusher:
                     continue  # deleted while pending: nothing left to write, only to ack
                 fields = entry.field_values
                 try:
-                    attempt, purchase = outbox.rows(by_key[key], entry.identifier, fields["e"])
+                    attempt, purchase = outbox.rows(
+                        by_key[key], entry.identifier, fields[outbox.FIELD]
+                    )
                 except outbox.UNREADABLE as exc:
                     rejects.append(reject(key, entry.identifier, fields, exc))
                     continue
@@ -256,7 +257,7 @@ class Flusher:
 
     async def _acknowledge(self, done: dict[str, list[str]]) -> None:
         await asyncio.gather(
-            *(self._ack(keys=[key], args=[GROUP, *ids]) for key, ids in done.items())
+            *(self._ack(keys=[key], args=[outbox.GROUP, *ids]) for key, ids in done.items())
         )
 
     async def _write(
@@ -291,7 +292,7 @@ class Flusher:
 
     async def _read_slot(self, keys: list[str], start: str, block_ms: int | None) -> Any:
         return await self._redis.xreadgroup(
-            GROUP,
+            outbox.GROUP,
             self.consumer,
             streams=dict.fromkeys(keys, start),
             count=BATCH_MAX,
@@ -313,7 +314,7 @@ class Flusher:
         # From id 0, so entries logged before any flusher ran are not skipped. Another
         # worker may have created it first: that is fine.
         with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
-            await self._redis.xgroup_create(key, GROUP, "0", mkstream=True)
+            await self._redis.xgroup_create(key, outbox.GROUP, "0", mkstream=True)
         self._groups.add(key)
         return True
 
@@ -321,13 +322,17 @@ class Flusher:
         """Take over the entries a silent flusher left pending."""
         for key in keys:
             pending = await self._redis.xpending(
-                key, GROUP, "-", "+", BATCH_MAX, idle=self._claim_idle_ms
+                key, outbox.GROUP, "-", "+", BATCH_MAX, idle=self._claim_idle_ms
             )
             pending = cast(tuple[StreamPendingExt, ...], pending)
             if not pending:
                 continue
             claimed = await self._redis.xclaim(
-                key, GROUP, self.consumer, self._claim_idle_ms, [p.identifier for p in pending]
+                key,
+                outbox.GROUP,
+                self.consumer,
+                self._claim_idle_ms,
+                [p.identifier for p in pending],
             )
             self._backlog = True
             log.info(
@@ -338,7 +343,7 @@ class Flusher:
         """Delete the streams of closed sales that hold nothing unwritten, and forget them;
         drop consumers (workers gone) with nothing pending from the streams that remain."""
         for sale in sorted(self._registered):
-            key = sale_keys(sale).outbox
+            key = outbox.stream(sale)
             closes = sale_window(sale, self._settings).closes_ms
             # Nothing is logged in a sale's outbox once it closed (sale.lua refuses on Redis'
             # clock; past the grace, workers log refusals in the running sale's outbox).
@@ -356,7 +361,7 @@ class Flusher:
                 await self._drop_dead_consumers(key)
 
     async def _drop_dead_consumers(self, key: str) -> None:
-        for consumer in await self._redis.xinfo_consumers(key, GROUP):
+        for consumer in await self._redis.xinfo_consumers(key, outbox.GROUP):
             name, idle = str(consumer["name"]), int(consumer["idle"] or 0)
             if name != self.consumer and consumer["pending"] == 0 and idle > DEAD_CONSUMER_IDLE_MS:
-                await self._redis.xgroup_delconsumer(key, GROUP, name)
+                await self._redis.xgroup_delconsumer(key, outbox.GROUP, name)
