@@ -36,18 +36,48 @@ RESTART_DELAY_S = 1.0
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def run_migrations(settings: Settings) -> None:
+# While PostgreSQL cannot be reached at start, `notsale serve` tries to migrate this often.
+MIGRATE_RETRY_S = 2.0
+
+
+def run_migrations(settings: Settings, *, unreachable_ok: bool = False) -> bool:
+    """Apply pending migrations. With `unreachable_ok`, a PostgreSQL that cannot be reached
+    returns False instead of stopping: anything else it says (a migration it refuses) does."""
     import asyncpg
 
     from notsale.store.pool import PG_DOWN
 
+    # What PostgreSQL out of reach raises: refused, reset, timed out, lost, starting up.
+    unreachable = (
+        OSError,
+        TimeoutError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.CannotConnectNowError,
+    )
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except (*PG_DOWN, asyncpg.PostgresError) as exc:
+        if unreachable_ok and isinstance(exc, unreachable):
+            return False
         # One clear line for the operator instead of a traceback.
         reason = f"{type(exc).__name__}: {exc}"
         raise SystemExit(f"notsale: cannot migrate the database: {reason}") from None
     log.info("migrations done", extra={"applied": applied})
+    return True
+
+
+def migrate_when_reachable(settings: Settings) -> None:
+    """Serve while PostgreSQL is away (a redeploy during an outage): Redis decides, rows wait
+    in the outbox and purchases get 503, as for an outage that began while serving. The
+    migrations are applied as soon as it answers, by a thread of the serving process."""
+    import threading
+
+    def retry() -> None:
+        while not run_migrations(settings, unreachable_ok=True):
+            time.sleep(MIGRATE_RETRY_S)
+
+    log.warning("PostgreSQL cannot be reached: serving, and migrating once it answers")
+    threading.Thread(target=retry, name="notsale-migrate", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -88,7 +118,8 @@ def check_cluster(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     with metrics_directory(settings):
-        run_migrations(settings)
+        if not run_migrations(settings, unreachable_ok=True):
+            migrate_when_reachable(settings)
         check_cluster(settings)
         serve_until_stopped(settings)
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
@@ -15,8 +19,9 @@ from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.migrations import migrate
 from notsale.store.writer import COMMIT_DEADLINE_S
-from tests.conftest import Stores, Throwaway, wait_for
+from tests.conftest import Stores, Throwaway, free_port, log_tail, spawn_server, wait_for
 from tests.faultproxy import in_front_of
+from tests.nemesis import server_env
 from tests.test_api import assert_error, checkout, purchase
 
 # An outage is answered within this long: bounded waits, never a hang.
@@ -139,3 +144,48 @@ async def test_a_blackholed_postgres_answers_a_purchase_503_within_the_commit_de
                 return int((await purchase(client, code)).status_code)
 
             assert await wait_for(retried, 200, timeout=20) == 200
+
+
+async def test_a_server_started_while_postgres_is_away_sells_and_migrates_when_it_returns(
+    make_settings: Callable[..., Settings],
+    stores: Stores,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    """A redeploy during a PostgreSQL outage: `notsale serve` does not wait for it. Redis,
+    which holds the running sale, decides; the rows wait in the outbox; once PostgreSQL
+    answers, the migrations are applied and every row is written."""
+    with in_front_of(stores.database_url, 5432) as (pg, url):
+        settings = make_settings(database_url=url, port=free_port(), workers=1)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            assert (await checkout(client, "ray", 1)).status_code == 200  # the sale ready
+        pg.refuse()
+        log_path = str(tmp_path / "serve.log")
+        server = spawn_server(server_env(settings), log_path)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}") as http:
+
+                async def health() -> int:
+                    try:
+                        return (await http.get("/health")).status_code
+                    except httpx.TransportError:
+                        return 0
+
+                assert await wait_for(health, 503, timeout=30) == 503, log_tail(log_path)
+                params = {"user_id": "ray", "id": "2"}
+                assert (await http.post("/checkout", params=params)).status_code == 200
+                pg.refuse(False)
+                assert await wait_for(health, 200, timeout=30) == 200, log_tail(log_path)
+
+                async def rows() -> int:
+                    return int(await db.fetchval("SELECT count(*) FROM checkout_attempts"))
+
+                assert await wait_for(rows, 2) == 2
+
+                async def migrated() -> bool:
+                    return "migrations done" in log_tail(log_path, 100_000)
+
+                assert await wait_for(migrated, True) is True
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            assert await asyncio.to_thread(server.wait, 30) == 0
