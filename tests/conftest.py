@@ -138,6 +138,14 @@ async def wait_for(probe: Callable[[], Any], expected: Any, timeout: float = 10.
         await asyncio.sleep(0.05)
 
 
+async def health_status(http: httpx.AsyncClient) -> int:
+    """The status GET /health answers, 0 while nothing answers."""
+    try:
+        return (await http.get("/health")).status_code
+    except httpx.TransportError:
+        return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import httpx
 from notsale.config import Settings
 from notsale.engine.client import connect
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
-from tests.conftest import Server, wait_for
+from tests.conftest import Server, health_status, wait_for
 
 SALE_SIZE = 60
 BUYERS = 120
@@ -134,12 +134,5 @@ async def test_a_worker_killed_twice_in_a_row_does_not_take_the_server_down(
 
         assert await wait_for(respawned, True)
     async with httpx.AsyncClient(base_url=server.base_url) as http:
-
-        async def healthy() -> int:
-            try:
-                return (await http.get("/health")).status_code
-            except httpx.TransportError:
-                return 0
-
-        assert await wait_for(healthy, 200, timeout=20) == 200
+        assert await wait_for(lambda: health_status(http), 200, timeout=20) == 200
     assert server.process.poll() is None

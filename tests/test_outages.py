@@ -19,7 +19,15 @@ from notsale.config import Settings
 from notsale.engine.clock import current_sale
 from notsale.store.migrations import migrate
 from notsale.store.writer import COMMIT_DEADLINE_S
-from tests.conftest import Stores, Throwaway, free_port, log_tail, spawn_server, wait_for
+from tests.conftest import (
+    Stores,
+    Throwaway,
+    free_port,
+    health_status,
+    log_tail,
+    spawn_server,
+    wait_for,
+)
 from tests.faultproxy import in_front_of
 from tests.nemesis import server_env
 from tests.test_api import assert_error, checkout, purchase
@@ -164,18 +172,15 @@ async def test_a_server_started_while_postgres_is_away_sells_and_migrates_when_i
         server = spawn_server(server_env(settings), log_path)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}") as http:
-
-                async def health() -> int:
-                    try:
-                        return (await http.get("/health")).status_code
-                    except httpx.TransportError:
-                        return 0
-
-                assert await wait_for(health, 503, timeout=30) == 503, log_tail(log_path)
+                assert await wait_for(lambda: health_status(http), 503, timeout=30) == 503, (
+                    log_tail(log_path)
+                )
                 params = {"user_id": "ray", "id": "2"}
                 assert (await http.post("/checkout", params=params)).status_code == 200
                 pg.refuse(False)
-                assert await wait_for(health, 200, timeout=30) == 200, log_tail(log_path)
+                assert await wait_for(lambda: health_status(http), 200, timeout=30) == 200, (
+                    log_tail(log_path)
+                )
 
                 async def rows() -> int:
                     return int(await db.fetchval("SELECT count(*) FROM checkout_attempts"))

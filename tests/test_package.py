@@ -19,7 +19,16 @@ import pytest
 import yaml
 
 from notsale.store.migrations import migration_files, with_path
-from tests.conftest import BASE, REPO, Stores, free_port, log_tail, spawn_server, wait_for
+from tests.conftest import (
+    BASE,
+    REPO,
+    Stores,
+    free_port,
+    health_status,
+    log_tail,
+    spawn_server,
+    wait_for,
+)
 
 # Building the wheel and installing it with its dependencies (from pip's cache or PyPI).
 INSTALL_TIMEOUT_S = 600
@@ -103,14 +112,9 @@ async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
         server = spawn_server(env, log_path, [notsale, "serve"])
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-
-                async def health() -> int:
-                    try:
-                        return (await http.get("/health")).status_code
-                    except httpx.TransportError:
-                        return 0
-
-                assert await wait_for(health, 200, timeout=30) == 200, log_tail(log_path)
+                assert await wait_for(lambda: health_status(http), 200, timeout=30) == 200, (
+                    log_tail(log_path)
+                )
                 params = {"user_id": "wheel", "id": "1"}
                 held = await http.post("/checkout", params=params)
                 assert held.status_code == 200
