@@ -144,7 +144,7 @@ def test_metrics_recorded_per_checkout(benchmark: Any) -> None:
 
 
 def test_read_a_grid_page_of_60_items(benchmark: Any, runner: Runner) -> None:
-    """What one page of the buyers' grid costs Redis: one stats.lua run for 60 statuses."""
+    """What one page of the buyers' grid costs Redis: one read.lua run for 60 statuses."""
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))
     assert runner.run(runner.engine.read(sale, 1, 60)) is not None

@@ -20,11 +20,11 @@ from notsale import __version__, metrics
 from notsale.api.checkout import CheckoutController, checkout
 from notsale.api.errors import EXCEPTION_HANDLERS
 from notsale.api.health import HealthController
+from notsale.api.hot import straight
 from notsale.api.metrics import MetricsController
 from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.page import PageController
 from notsale.api.purchase import PurchaseController, purchase
-from notsale.api.raw import straight
 from notsale.api.sales import SalesController
 from notsale.api.users import UsersController
 from notsale.config import Settings

@@ -128,7 +128,7 @@ async def hand_over_every(seconds: float = HAND_OVER_S) -> None:
 
 
 def hot_answer(scope: Scope, status: int, outcome: str) -> None:
-    """A hot route's answer, recorded where it is made (raw.py, api/errors.py): its status,
+    """A hot route's answer, recorded where it is made (api/hot.py, api/errors.py): its status,
     latency and outcome (ok or the error code)."""
     started = cast(float | None, scope.get(STARTED))
     if started is None:  # metrics are off

@@ -7,9 +7,9 @@ from litestar.types import Receive, Scope, Send
 
 from notsale import outbox
 from notsale.api import params
+from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
-from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import image_url, item_name
 from notsale.engine.clock import (
     CLOCK_SKEW_MS,
@@ -23,7 +23,7 @@ from notsale.errors import ErrorCode, NotsaleError, Unavailable
 from notsale.services import Services, services_of
 
 
-async def record_refused(
+async def record_refusal(
     services: Services,
     scope: Scope,
     request_id: str,
@@ -62,7 +62,7 @@ CHECKOUT_DOC = HotRouteDoc(
 
 
 async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
-    """POST /checkout, a hot route (see notsale.api.raw). It reads the query raw, so that even
+    """POST /checkout, a hot route (see notsale.api.hot). It reads the query raw, so that even
     a malformed request reaches it and is logged as an attempt."""
     query = post_query(scope)
     services = services_of(scope)
@@ -85,12 +85,12 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))
         item_raw = ",".join(query.getall("id", []))
-        await record_refused(services, scope, request_id, exc, user_raw, item_raw, named)
+        await record_refusal(services, scope, request_id, exc, user_raw, item_raw, named)
         raise
     try:
         decision = await services.engine.checkout(user, item_id, request_id, named)
     except NotsaleError as exc:
-        await record_refused(services, scope, request_id, exc, user, str(item_id), named)
+        await record_refusal(services, scope, request_id, exc, user, str(item_id), named)
         raise
     if decision.outcome is not None:
         await send_refusal(scope, send, decision.outcome)
@@ -109,7 +109,7 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
 class CheckoutController(Controller):
     path = "/checkout"
 
-    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.raw).
+    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.hot).
     @asgi(copy_scope=False, opt={OPENAPI_OPT: CHECKOUT_DOC})
     async def checkout(self, scope: Scope, receive: Receive, send: Send) -> None:
         await checkout(scope, receive, send)

@@ -85,7 +85,7 @@ EXCEPTION_HANDLERS = {
 
 
 async def answer_exception(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
-    """Answer what a handler run outside Litestar's router raised (api/raw.py, `straight`),
+    """Answer what a handler run outside Litestar's router raised (api/hot.py, `straight`),
     as Litestar's exception middleware would with EXCEPTION_HANDLERS."""
     handler = next(EXCEPTION_HANDLERS[c] for c in type(exc).__mro__ if c in EXCEPTION_HANDLERS)
     request: Request[Any, Any, Any] = Request(scope, receive, send)

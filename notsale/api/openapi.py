@@ -3,7 +3,7 @@
 Handlers read their parameters raw, so that a malformed checkout still reaches its handler
 and becomes an attempt row; Litestar then documents them as optional strings. This puts the
 real rules into the document, from the same patterns the handlers validate with. The two hot
-routes (notsale.api.raw) are `asgi` handlers, which Litestar leaves out: each carries a
+routes (notsale.api.hot) are `asgi` handlers, which Litestar leaves out: each carries a
 HotRouteDoc in its `opt`, from which its whole entry is written here."""
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from litestar import Controller, asgi
 from litestar.types import Receive, Scope, Send
 
 from notsale.api import params
+from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import PurchaseBody
 from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
-from notsale.api.raw import post_query, send_body, send_refusal
 from notsale.catalog import item_name
 from notsale.engine.client import REDIS_DOWN
 from notsale.engine.clock import surely_not_started
@@ -47,7 +47,7 @@ PURCHASE_DOC = HotRouteDoc(
 
 
 async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
-    """POST /purchase, a hot route (see notsale.api.raw)."""
+    """POST /purchase, a hot route (see notsale.api.hot)."""
     raw = params.single(post_query(scope), "code")
     services = services_of(scope)
     if not CODE_PATTERN.fullmatch(raw):
@@ -96,7 +96,7 @@ async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
 class PurchaseController(Controller):
     path = "/purchase"
 
-    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.raw).
+    # The route in Litestar: its OpenAPI entry, 405 to other methods (see notsale.api.hot).
     @asgi(copy_scope=False, opt={OPENAPI_OPT: PURCHASE_DOC})
     async def purchase(self, scope: Scope, receive: Receive, send: Send) -> None:
         await purchase(scope, receive, send)

@@ -1,7 +1,7 @@
 """GET /sales…: the open sales, a sale's counters, pages of items, an item and its picture.
 
 Reads never rebuild a sale. An open sale that Redis holds complete is read there, in one
-stats.lua call per answer (a whole grid page included); any other sale (closed, or not
+read.lua call per answer (a whole grid page included); any other sale (closed, or not
 known to Redis: untouched since Redis restarted, say) is read from PostgreSQL, where every
 purchase is. Answers that poll (the open sales, item pages) are kept for READ_CACHE_S per
 worker: a page polling many times a second costs Redis once.

@@ -18,7 +18,7 @@ BATCH_MAX_OPS = 256
 Sender = Callable[[int, list[Any]], Awaitable[list[Any]]]
 
 
-class _Lane:
+class _SaleQueue:
     """The queue and the in-flight flag of one sale."""
 
     __slots__ = ("busy", "ops", "waiters")
@@ -32,31 +32,31 @@ class _Lane:
 class Batcher:
     def __init__(self, send: Sender) -> None:
         self._send = send
-        self._lanes: dict[int, _Lane] = {}
+        self._queues: dict[int, _SaleQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
 
     def submit(self, sale_id: int, op: list[Any]) -> asyncio.Future[Any]:
         """Queue one operation (its ARGV words); the future gets that operation's reply."""
-        lane = self._lanes.get(sale_id)
-        if lane is None:
-            lane = self._lanes[sale_id] = _Lane()
+        queue = self._queues.get(sale_id)
+        if queue is None:
+            queue = self._queues[sale_id] = _SaleQueue()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        lane.ops.append(op)
-        lane.waiters.append(waiter)
-        if not lane.busy:
-            lane.busy = True
-            task = asyncio.get_running_loop().create_task(self._drain(sale_id, lane))
+        queue.ops.append(op)
+        queue.waiters.append(waiter)
+        if not queue.busy:
+            queue.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(sale_id, queue))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return waiter
 
-    async def _drain(self, sale_id: int, lane: _Lane) -> None:
+    async def _drain(self, sale_id: int, queue: _SaleQueue) -> None:
         # The first batch goes at once: this task's first step runs after the requests of
         # the tick that started it, so they have joined it already.
         try:
             while True:
-                ops, waiters = lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
-                del lane.ops[:BATCH_MAX_OPS], lane.waiters[:BATCH_MAX_OPS]
+                ops, waiters = queue.ops[:BATCH_MAX_OPS], queue.waiters[:BATCH_MAX_OPS]
+                del queue.ops[:BATCH_MAX_OPS], queue.waiters[:BATCH_MAX_OPS]
                 try:
                     replies = await self._send(sale_id, [word for op in ops for word in op])
                 except Exception as exc:
@@ -64,9 +64,9 @@ class Batcher:
                     # behind the batch meanwhile fail with it, unsent (nothing was decided for
                     # them), rather than each wait out the same timeout once more on a hung
                     # server (measured: a cluster master SIGSTOPped kept clients waiting 4 s).
-                    waiters += lane.waiters
-                    lane.ops.clear()
-                    lane.waiters.clear()
+                    waiters += queue.waiters
+                    queue.ops.clear()
+                    queue.waiters.clear()
                     for w in waiters:
                         if not w.done():
                             w.set_exception(exc)
@@ -74,10 +74,10 @@ class Batcher:
                     for w, reply in zip(waiters, replies, strict=True):
                         if not w.done():
                             w.set_result(reply)
-                if not lane.waiters:
+                if not queue.waiters:
                     break
                 await asyncio.sleep(0)  # let the rest of this loop tick's requests join
         finally:
-            lane.busy = False
-            if not lane.waiters:
-                self._lanes.pop(sale_id, None)
+            queue.busy = False
+            if not queue.waiters:
+                self._queues.pop(sale_id, None)

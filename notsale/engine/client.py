@@ -11,7 +11,7 @@ from coredis.typing import Node
 from notsale.config import redis_cluster
 
 # Redis waits are bounded so that an unreachable or stalled Redis answers 503 quickly.
-CONNECT_TIMEOUT_S = 1.0
+REDIS_CONNECT_TIMEOUT_S = 1.0
 STREAM_TIMEOUT_S = 2.0
 # One worker's connections to Redis: requests pipeline over few of them.
 MAX_CONNECTIONS = 32
@@ -50,7 +50,7 @@ def connect(url: str) -> coredis.Redis[str] | coredis.RedisCluster[str]:
     Use it as `async with connect(url) as redis`."""
     options: dict[str, Any] = {
         "decode_responses": True,
-        "connect_timeout": CONNECT_TIMEOUT_S,
+        "connect_timeout": REDIS_CONNECT_TIMEOUT_S,
         "stream_timeout": STREAM_TIMEOUT_S,
         "max_connections": MAX_CONNECTIONS,
         "retry_policy": NoRetryPolicy(),

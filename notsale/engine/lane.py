@@ -33,7 +33,7 @@ from coredis.constants.resp import DataType
 from coredis.exceptions import ConnectionError, NoScriptError
 from coredis.parser import NotEnoughData, Parser
 
-from notsale.engine.client import CONNECT_TIMEOUT_S, STREAM_TIMEOUT_S, Client
+from notsale.engine.client import REDIS_CONNECT_TIMEOUT_S, STREAM_TIMEOUT_S, Client
 
 
 def pack(*words: str | int | bytes) -> bytes:
@@ -183,7 +183,7 @@ class Lane:
     async def _connect(self) -> _Wire:
         loop = asyncio.get_running_loop()
         location = self._location
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        async with asyncio.timeout(REDIS_CONNECT_TIMEOUT_S):
             if isinstance(location, UnixDomainSocketLocation):
                 _, wire = await loop.create_unix_connection(_Wire, location.path, ssl=self._ssl)
             else:

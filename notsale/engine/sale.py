@@ -64,7 +64,7 @@ class SaleEngine:
         # The scripts run over a connection of their own on a single Redis (lane.py).
         self._lane = Lane.of(redis)
         self._sale = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
-        self._stats = redis.register_script((SCRIPTS_DIR / "stats.lua").read_text())
+        self._read = redis.register_script((SCRIPTS_DIR / "read.lua").read_text())
         self._batcher = Batcher(self._send)
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
@@ -161,12 +161,12 @@ class SaleEngine:
         return bool(reply[0] == "ok")
 
     async def read(self, sale_id: int, first: int | str = "", count: int = 1) -> list[Any] | None:
-        """stats.lua: the sale's (sold, held) counts, or the statuses of `count` items from
+        """read.lua: the sale's (sold, held) counts, or the statuses of `count` items from
         `first`; None when Redis does not hold the sale complete (reads never rebuild a
         sale: PostgreSQL answers them instead)."""
         keys = sale_keys(sale_id)
         reply = await self._run(
-            self._stats, [keys.hold, keys.hexp, keys.sold, keys.ready], [first, count]
+            self._read, [keys.hold, keys.hexp, keys.sold, keys.ready], [first, count]
         )
         return None if reply == ["unready"] else reply
 

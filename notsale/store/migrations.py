@@ -23,7 +23,7 @@ MIGRATION_LOCK_KEY = 0x6E6F7473616C65  # "notsale"
 
 # Where CREATE DATABASE is sent from when the configured database does not exist yet.
 MAINTENANCE_DATABASE = "postgres"
-CONNECT_TIMEOUT_S = 10
+MIGRATE_CONNECT_TIMEOUT_S = 10
 
 
 def with_path(url: str, path: str) -> str:
@@ -35,12 +35,12 @@ def with_path(url: str, path: str) -> str:
 async def connect_creating(dsn: str) -> asyncpg.Connection:
     """Connects to the database of `dsn`, creating it first when the server lacks it."""
     try:
-        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+        return await asyncpg.connect(dsn, timeout=MIGRATE_CONNECT_TIMEOUT_S)
     except asyncpg.InvalidCatalogNameError:
         pass
     name = unquote(urlsplit(dsn).path.lstrip("/"))
     admin = await asyncpg.connect(
-        with_path(dsn, "/" + MAINTENANCE_DATABASE), timeout=CONNECT_TIMEOUT_S
+        with_path(dsn, "/" + MAINTENANCE_DATABASE), timeout=MIGRATE_CONNECT_TIMEOUT_S
     )
     try:
         quoted = '"' + name.replace('"', '""') + '"'
@@ -50,7 +50,7 @@ async def connect_creating(dsn: str) -> asyncpg.Connection:
         pass  # another process created it meanwhile (racing, PostgreSQL reports the latter)
     finally:
         await admin.close()
-    return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    return await asyncpg.connect(dsn, timeout=MIGRATE_CONNECT_TIMEOUT_S)
 
 
 def migration_files() -> list[tuple[int, Traversable]]:

@@ -13,7 +13,7 @@ POOL_MAX_SIZE = 4
 # their own: a flood of reads then waits for its own connections, never for the writers'.
 READ_POOL_MAX_SIZE = 2
 # Bounded waits, so an unreachable PostgreSQL answers 503 instead of hanging a request.
-CONNECT_TIMEOUT_S = 2.0
+PG_CONNECT_TIMEOUT_S = 2.0
 ACQUIRE_TIMEOUT_S = 2.0
 QUERY_TIMEOUT_S = 5.0
 
@@ -38,7 +38,7 @@ async def create_pool(dsn: str, max_size: int = POOL_MAX_SIZE) -> asyncpg.Pool:
         dsn,
         min_size=0,
         max_size=max_size,
-        timeout=CONNECT_TIMEOUT_S,
+        timeout=PG_CONNECT_TIMEOUT_S,
         command_timeout=QUERY_TIMEOUT_S,
         init=prepare_connection,
         reset=keep_session,

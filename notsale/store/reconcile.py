@@ -83,7 +83,7 @@ class Reconciler:
         self._pool = pool
         self._settings = settings
         self._script = redis.register_script((SCRIPTS_DIR / "reconcile.lua").read_text())
-        self._ahead = redis.register_script((SCRIPTS_DIR / "ahead.lua").read_text())
+        self._ahead = redis.register_script((SCRIPTS_DIR / "mark_ahead.lua").read_text())
         self._release = redis.register_script(RELEASE)
         self._rebuilds: dict[int, asyncio.Future[None]] = {}
         self._failed_at: dict[int, float] = {}
@@ -122,7 +122,7 @@ class Reconciler:
             )
 
     async def mark_ahead(self, sale_id: int) -> bool:
-        """Mark a sale that has not started yet ready (see ahead.lua); False once it has."""
+        """Mark a sale that has not started yet ready (see mark_ahead.lua); False once it has."""
         window = sale_window(sale_id, self._settings)
         args = [window.starts_ms, window.closes_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))

@@ -1,4 +1,4 @@
--- stats.lua: a consistent read of one sale, on Redis' clock: its counters, or the status of
+-- read.lua: a consistent read of one sale, on Redis' clock: its counters, or the status of
 -- a run of its items (one grid page of the buyers' page in one call).
 --
 -- KEYS: 1 hold  2 hexp  3 sold  4 ready (as in sale.lua)

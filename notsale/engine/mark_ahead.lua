@@ -1,4 +1,4 @@
--- ahead.lua: mark a sale ready before it starts, so that it opens even while PostgreSQL is
+-- mark_ahead.lua: mark a sale ready before it starts, so that it opens even while PostgreSQL is
 -- down: nothing of a sale that has not started can be in PostgreSQL, so there is nothing to
 -- rebuild. Once it has started (on Redis' clock) only a rebuild may mark it (reconcile.lua).
 --
