@@ -101,3 +101,27 @@ async def test_reconcile_writes_outbox_entries_left_pending(
     assert repair.returncode == 0, repair.stdout + repair.stderr
     users = await db.fetch("SELECT user_id FROM checkout_attempts ORDER BY user_id")
     assert [r["user_id"] for r in users] == ["olga", "pat"]
+
+
+async def test_a_user_whose_stored_seqs_have_a_gap_can_still_reach_the_limit(
+    client: Client, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL holds the user's purchases 1 and 3 (the one between was refused: Redis had
+    lost writes), limit 3. After the rebuild Redis counts 2 and takes the free seq, 2, for
+    the next purchase (3 would collide): the user buys their third item, not a fourth."""
+    sale = current_sale(settings.sale_seconds)
+    for item, seq in ((1, 1), (2, 3)):
+        await db.execute(
+            "INSERT INTO purchases (sale_id, item_id, user_id, code, purchased_at, user_seq)"
+            " VALUES ($1, $2, 'gil', $3, now(), $4)",
+            sale,
+            item,
+            f"gap{item}code{sale}",
+            seq,
+        )
+    await flush_redis(settings)  # the next checkout rebuilds the sale from PostgreSQL
+    code = (await checkout(client, "gil", 3)).json()["code"]
+    assert (await purchase(client, code)).status_code == 200
+    assert_error(await checkout(client, "gil", 4), 429, "user_limit")
+    seqs = await db.fetch("SELECT user_seq FROM purchases WHERE user_id = 'gil' ORDER BY 1")
+    assert [r["user_seq"] for r in seqs] == [1, 2, 3]
