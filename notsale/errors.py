@@ -52,7 +52,7 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
 }
 
 
-class Store(StrEnum):
+class Failed(StrEnum):
     """What an `unavailable` answer is about."""
 
     REDIS = "redis"
@@ -71,8 +71,8 @@ class NotsaleError(Exception):
 
 
 class Unavailable(NotsaleError):
-    """503: a store failed, refused or did not answer in time; `store` says which."""
+    """503: a store failed, refused or did not answer in time; `failed` says which."""
 
-    def __init__(self, store: Store, detail: str | None = None) -> None:
+    def __init__(self, failed: Failed, detail: str | None = None) -> None:
         super().__init__(ErrorCode.UNAVAILABLE, detail)
-        self.store = store
+        self.failed = failed

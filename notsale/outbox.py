@@ -15,7 +15,7 @@ import msgspec
 
 from notsale.engine.clock import now_ms
 from notsale.engine.keys import sale_keys
-from notsale.errors import ErrorCode, NotsaleError, Store
+from notsale.errors import ErrorCode, Failed, NotsaleError
 from notsale.store.rows import AttemptRow, PurchaseRow, int_or_none, ms_to_datetime, storable
 
 if TYPE_CHECKING:
@@ -130,13 +130,13 @@ async def record_refused(
     writer: GroupCommit,
     sale_id: int,
     event: Checkout,
-    failed: Store | None,
+    failed: Failed | None,
 ) -> None:
     """Record a checkout that Redis did not decide, in whichever store takes it: the outbox
     (unless Redis is what failed; refused for the backlog, such rows still have room there,
     see sale.lua), else PostgreSQL directly. When neither can, the worker keeps the row and
     writes it once PostgreSQL is back."""
-    if failed is not Store.REDIS:
+    if failed is not Failed.REDIS:
         try:
             if await engine.log(sale_id, ENCODER.encode(event)):
                 return

@@ -36,7 +36,7 @@ async def record_refusal(
     logged in the running sale's outbox; `named` is the sale it named, once it may have started."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
     event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query, named)
-    failed = exc.store if isinstance(exc, Unavailable) else None
+    failed = exc.failed if isinstance(exc, Unavailable) else None
     sale_id = current_sale(services.settings.sale_seconds)
     await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
 

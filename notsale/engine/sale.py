@@ -20,7 +20,7 @@ from notsale.engine.clock import current_sale, now_ms, sale_window
 from notsale.engine.codes import new_code
 from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.lane import Lane
-from notsale.errors import ErrorCode, Store, Unavailable
+from notsale.errors import ErrorCode, Failed, Unavailable
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -88,7 +88,7 @@ class SaleEngine:
                 return list(await self._lane.evalsha(script.sha, script.script, keys, args))
             return list(await script(keys=keys, args=args))
         except REDIS_DOWN as exc:
-            raise Unavailable(Store.REDIS) from exc
+            raise Unavailable(Failed.REDIS) from exc
 
     def head(self, sale_id: int) -> list[int | str]:
         """sale.lua's ARGV before the operations (its header says what each is)."""
@@ -104,7 +104,7 @@ class SaleEngine:
             try:
                 await self.redis.sadd(OUTBOX_REGISTRY, [str(sale_id)])
             except REDIS_DOWN as exc:
-                raise Unavailable(Store.REDIS) from exc
+                raise Unavailable(Failed.REDIS) from exc
             self._registered.add(sale_id)
         started = time.perf_counter()
         replies = await self._run(self._sale, sale_keys(sale_id), [*self.head(sale_id), *ops])
@@ -122,7 +122,7 @@ class SaleEngine:
         keys the attempt's row (default: a new one)."""
         request_id = request_id or self.new_request_id()
         if self.waiting >= self.settings.outbox_max:
-            raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
+            raise Unavailable(Failed.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
         named = "0" if sale_id is None else "1"
         if sale_id is None:
             sale_id = current_sale(self.settings.sale_seconds)
@@ -138,11 +138,11 @@ class SaleEngine:
                     break
                 await self._prepare(sale_id)
             elif reply[0] == "backlog":
-                raise Unavailable(Store.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
+                raise Unavailable(Failed.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
             else:
                 outcome = None if reply[0] == "ok" else ErrorCode(reply[0])
                 return CheckoutDecision(outcome, sale_id, reply[1], int(reply[2]))
-        raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
+        raise Unavailable(Failed.REDIS, "The sale is being prepared; retry.")
 
     async def purchase(self, sale_id: int, code: str) -> PurchaseDecision:
         reply = await self._batcher.submit(sale_id, ["p", code])
@@ -150,7 +150,7 @@ class SaleEngine:
             await self._prepare(sale_id)
             reply = await self._batcher.submit(sale_id, ["p", code])
         if reply[0] == "unready":
-            raise Unavailable(Store.REDIS, "The sale is being prepared; retry.")
+            raise Unavailable(Failed.REDIS, "The sale is being prepared; retry.")
         if reply[0] != "ok":
             return PurchaseDecision(ErrorCode(reply[0]))
         return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
@@ -182,7 +182,7 @@ class SaleEngine:
             try:
                 await self.redis.sadd(OUTBOX_REGISTRY, [str(s) for s in self._registered])
             except REDIS_DOWN as exc:
-                raise Unavailable(Store.REDIS) from exc
+                raise Unavailable(Failed.REDIS) from exc
 
     async def registered(self) -> list[int]:
         """The sales with an outbox: every sale a decision was ever logged for (until its
@@ -190,7 +190,7 @@ class SaleEngine:
         try:
             members = await self.redis.smembers(OUTBOX_REGISTRY)
         except REDIS_DOWN as exc:
-            raise Unavailable(Store.REDIS) from exc
+            raise Unavailable(Failed.REDIS) from exc
         return sorted(int(m) for m in members if m.isdigit())
 
     async def backlogs(self) -> dict[int, int]:
@@ -200,6 +200,6 @@ class SaleEngine:
         try:
             lengths = await asyncio.gather(*(self.redis.xlen(sale_keys(s).outbox) for s in sales))
         except REDIS_DOWN as exc:
-            raise Unavailable(Store.REDIS) from exc
+            raise Unavailable(Failed.REDIS) from exc
         self.waiting = sum(lengths)
         return dict(zip(sales, lengths, strict=True))

@@ -32,7 +32,7 @@ from notsale.engine.client import REDIS_DOWN, Client
 from notsale.engine.clock import now_ms, sale_window
 from notsale.engine.keys import sale_keys
 from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
-from notsale.errors import Store, Unavailable
+from notsale.errors import Failed, Unavailable
 from notsale.store.flusher import PURCHASE_REFUSED, Flusher
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 
@@ -95,7 +95,7 @@ class Reconciler:
         REBUILD_RETRY_S, so a slow PostgreSQL is asked once, not once per caller."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._failed_at.get(sale_id, -REBUILD_RETRY_S) < REBUILD_RETRY_S:
-            raise Unavailable(Store.POSTGRES, "The sale is being prepared; retry.")
+            raise Unavailable(Failed.POSTGRES, "The sale is being prepared; retry.")
         rebuild = self._rebuilds.get(sale_id)
         if rebuild is None:
             rebuild = self._rebuilds[sale_id] = loop.create_task(self._prepare(sale_id))
@@ -112,8 +112,8 @@ class Reconciler:
             # Only Redis' own errors are surely Redis': a bare timeout may be either's, and
             # naming PostgreSQL then makes the attempt's row try Redis first (see outbox.py).
             redis_failed = isinstance(exc, coredis.exceptions.RedisError)
-            store = Store.REDIS if redis_failed else Store.POSTGRES
-            raise Unavailable(store, "The sale is being prepared; retry.") from exc
+            failed = Failed.REDIS if redis_failed else Failed.POSTGRES
+            raise Unavailable(failed, "The sale is being prepared; retry.") from exc
         self._failed_at.pop(sale_id, None)
         if restored:
             log.warning(

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import asyncpg
 
 from notsale import metrics
-from notsale.errors import NotsaleError, Store, Unavailable
+from notsale.errors import Failed, NotsaleError, Unavailable
 from notsale.store.pool import QUERY_TIMEOUT_S
 from notsale.store.rows import AttemptRow, PurchaseRow, Refused, usable, write_groups
 
@@ -105,7 +105,7 @@ class GroupCommit:
 
     async def _submit(self, attempt: AttemptRow | None, purchase: PurchaseRow | None) -> Refused:
         if self._task is None or self._closing:
-            raise Unavailable(Store.POSTGRES, "The service is shutting down.")
+            raise Unavailable(Failed.POSTGRES, "The service is shutting down.")
         waiter: asyncio.Future[Refused] = asyncio.get_running_loop().create_future()
         self._waiting.append(Waiting(attempt, purchase, waiter))
         self._wake.set()
@@ -145,7 +145,7 @@ class GroupCommit:
         except Exception as exc:
             # Down, read-only, out of connections, shutting down: the outcome is unknown.
             log.warning("group commit failed", extra={"error": repr(exc)})
-            outcomes = [Unavailable(Store.POSTGRES)] * len(batch)
+            outcomes = [Unavailable(Failed.POSTGRES)] * len(batch)
             self._keep([w for w in batch if w.waiter is None])
             failed = True
         for (_, _, waiter), outcome in zip(batch, outcomes, strict=True):
@@ -176,6 +176,6 @@ class GroupCommit:
         for outcome in await write_groups(conn, groups, self._user_limit, QUERY_TIMEOUT_S):
             if isinstance(outcome, Exception):
                 log.error("row refused by PostgreSQL", extra={"error": repr(outcome)})
-                outcome = Unavailable(Store.POSTGRES)
+                outcome = Unavailable(Failed.POSTGRES)
             outcomes.append(outcome)
         return outcomes
