@@ -177,7 +177,7 @@ async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int
         async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
             if not check:
-                restored = await reconciler.rebuild(sale, wait=True)  # after any under way
+                restored = await reconciler.rebuild(sale)  # after any under way
                 print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
             found = await reconciler.differences(sale)
     finally:

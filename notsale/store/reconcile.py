@@ -60,7 +60,7 @@ return 0
 
 
 class RebuildUnderWay(coredis.exceptions.RedisError):
-    """Another process rebuilds the sale, or took the lease over from this one."""
+    """Another process took the sale's lease over from this rebuild."""
 
 
 def epoch_ms(at: dt.datetime) -> int:
@@ -105,7 +105,7 @@ class Reconciler:
     async def _prepare(self, sale_id: int) -> None:
         try:
             async with asyncio.timeout(REBUILD_DEADLINE_S):
-                restored = await self.rebuild(sale_id, wait=True)
+                restored = await self.rebuild(sale_id)
         except (*PG_DOWN, *REDIS_DOWN) as exc:
             # The sale cannot be known complete now: refuse, having changed nothing.
             self._failed_at[sale_id] = asyncio.get_running_loop().time()
@@ -142,15 +142,13 @@ class Reconciler:
             total += written
         return total
 
-    async def rebuild(self, sale_id: int, *, wait: bool = False) -> int:
+    async def rebuild(self, sale_id: int) -> int:
         """Make the sale's Redis state what PostgreSQL stored and mark it ready; returns the
         number of purchases Redis did not know. Under the sale's lease: when another process
-        holds it, wait for its rebuild to end (`wait`, returns 0) or raise RebuildUnderWay."""
+        holds it, wait for its rebuild to end instead (returns 0)."""
         keys = sale_keys(sale_id)
         token = secrets.token_hex(8)
         if not await self._redis.set(keys.lease, token, px=LEASE_MS, condition=PureToken.NX):
-            if not wait:
-                raise RebuildUnderWay(f"sale {sale_id} is being rebuilt by another process")
             while True:
                 await asyncio.sleep(LEASE_POLL_S)
                 if not await self._redis.exists([keys.lease]):
