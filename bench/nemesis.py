@@ -21,6 +21,7 @@ import asyncpg
 from notsale.config import Settings
 from notsale.store.migrations import migrate, with_path
 from tests.nemesis import Report, run_nemesis
+from tests.support import drop_database
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,14 +47,6 @@ async def truncate(database_url: str) -> None:
         await conn.execute("TRUNCATE checkout_attempts, purchases, outbox_rejects")
     finally:
         await conn.close()
-
-
-async def drop(base_url: str, name: str) -> None:
-    admin = await asyncpg.connect(base_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def run(args: argparse.Namespace) -> list[Report]:
@@ -87,7 +80,7 @@ async def run(args: argparse.Namespace) -> list[Report]:
             if report.violations:
                 print(f"  events and logs: {report.log_dir}", flush=True)
     finally:
-        await drop(base.database_url, name)
+        await drop_database(name, base.database_url)
     return reports
 
 

@@ -24,10 +24,10 @@ import asyncpg
 import httpx
 
 from bench.run import PORT, checkout_of, fresh_stores, running
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.client import connect
-from notsale.engine.clock import current_sale
-from notsale.engine.keys import sale_keys
+from notsale.connections import connect
+from notsale.keys import sale_keys
 
 SIZE, LIMIT = 10_000, 10
 CROWD = 200  # checkouts sent at once, spread over the servers

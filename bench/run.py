@@ -36,7 +36,7 @@ import httpx
 from bench.probe import probe
 from bench.probe import summary as probe_summary
 from notsale.config import Settings, redis_cluster
-from notsale.engine.client import connect
+from notsale.connections import connect
 from notsale.store.migrations import migrate, with_path
 from tests.rediscluster import RedisCluster, cli
 

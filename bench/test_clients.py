@@ -31,11 +31,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from bench.conftest import Runner
-from bench.test_micro import checkout_ops
-from notsale.engine.clock import current_sale
-from notsale.engine.keys import sale_keys
+from bench.support import Runner, checkout_ops
+from notsale.clock import current_sale
 from notsale.engine.lane import Lane
+from notsale.keys import sale_keys
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ["coredis6", "coredis6-held-connection", "coredis5", "redis-py-hiredis", "notsale-lane"]
@@ -82,7 +81,7 @@ def evalsha(request: pytest.FixtureRequest, runner: Runner) -> Iterator[tuple[Ca
     if name == "coredis6":
 
         async def run6(sha: str, keys: list[str], args: list[Any]) -> Any:
-            return await runner.engine._sale(keys=keys, args=args)  # as SaleEngine._run
+            return await runner.engine.sale_script(keys=keys, args=args)  # as SaleEngine._run
 
         yield run6, lambda key, *_: runner.redis.xadd(key, ENTRY)
     elif name == "coredis6-held-connection":
@@ -107,7 +106,7 @@ def evalsha(request: pytest.FixtureRequest, runner: Runner) -> Iterator[tuple[Ca
     elif name == "notsale-lane":
         lane = Lane.of(runner.redis)
         assert lane is not None
-        script = runner.engine._sale.script
+        script = runner.engine.sale_script.script
 
         async def run_lane(sha: str, keys: list[str], args: list[Any]) -> Any:
             return await lane.evalsha(sha, script, keys, args)
@@ -133,7 +132,7 @@ def test_clients_sale_lua(
     runner.run(runner.engine.checkout("warmup", 1))  # the sale made ready, the script loaded
     keys = list(sale_keys(sale))
     head = runner.engine.head(sale)
-    sha = runner.engine._sale.sha
+    sha = runner.engine.sale_script.sha
 
     def batch() -> tuple[tuple[list[Any]], dict[str, Any]]:
         return ([*head, *checkout_ops(runner, ops)],), {}

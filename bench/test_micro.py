@@ -11,39 +11,30 @@ from typing import Any
 import msgspec
 import pytest
 
-from bench.conftest import Runner
+from bench.support import COUNTER, Runner, checkout_ops
 from notsale import metrics, outbox
 from notsale.api.models import CheckoutBody
 from notsale.catalog import item_name
-from notsale.engine.clock import current_sale
+from notsale.clock import current_sale
 from notsale.engine.codes import new_code
-from notsale.engine.keys import sale_keys
-from notsale.store.rows import AttemptRow, PurchaseRow, copy_rows, insert_rows, write_groups
+from notsale.keys import sale_keys
+from notsale.store.batches import copy_rows, insert_rows, write_groups
+from notsale.store.rows import AttemptRow, PurchaseRow
 
 BATCH = 100
-COUNTER = itertools.count()
-
-
-def checkout_ops(runner: Runner, n: int) -> list[Any]:
-    sale = current_sale(runner.settings.sale_seconds)
-    ops: list[Any] = []
-    for _ in range(n):
-        i = next(COUNTER)
-        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale), "0"]
-    return ops
 
 
 def test_lua_round_trip_one_checkout(benchmark: Any, runner: Runner) -> None:
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))  # marks the sale ready
-    benchmark(lambda: runner.run(runner.engine._send(sale, checkout_ops(runner, 1))))
+    benchmark(lambda: runner.run(runner.engine.send_ops(sale, checkout_ops(runner, 1))))
 
 
 def test_lua_round_trip_batch_of_100_checkouts(benchmark: Any, runner: Runner) -> None:
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))
     benchmark.extra_info["ops_per_call"] = BATCH
-    benchmark(lambda: runner.run(runner.engine._send(sale, checkout_ops(runner, BATCH))))
+    benchmark(lambda: runner.run(runner.engine.send_ops(sale, checkout_ops(runner, BATCH))))
 
 
 def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner) -> None:
@@ -56,7 +47,7 @@ def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner
         async with runner.redis.pipeline(transaction=False) as pipe:
             for i in range(BATCH):
                 ops = checkout_ops(runner, 1)
-                runner.engine._sale(keys=sale_keys(sale), args=[*head, *ops], client=pipe)
+                runner.engine.sale_script(keys=sale_keys(sale), args=[*head, *ops], client=pipe)
                 del i
 
     benchmark.extra_info["ops_per_call"] = BATCH

@@ -12,7 +12,7 @@ import asyncpg
 
 from bench.probe import probe, summary
 from bench.run import COMMIT, REDIS_FLOOR, one_buyer, running
-from tests.conftest import free_port
+from tests.started import free_port
 
 
 async def test_probe_times_checkouts_and_the_purchases_they_lead_to(

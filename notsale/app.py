@@ -27,17 +27,17 @@ from notsale.api.page import PageController
 from notsale.api.purchase import PurchaseController, purchase
 from notsale.api.sales import SalesController
 from notsale.api.users import UsersController
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN, connect
-from notsale.engine.clock import current_sale
+from notsale.connections import REDIS_DOWN, connect
 from notsale.engine.sale import SaleEngine
-from notsale.engine.watch import Watch, warn_on_eviction
 from notsale.errors import NotsaleError
 from notsale.logs import setup_logging
+from notsale.recovery.reconcile import Reconciler
+from notsale.recovery.watch import Watch, warn_on_eviction
 from notsale.services import Services, services_from_state
 from notsale.store.flusher import Flusher
 from notsale.store.pool import READ_POOL_MAX_SIZE, create_pool
-from notsale.store.reconcile import Reconciler
 from notsale.store.writer import GroupCommit
 
 log = logging.getLogger("notsale")

@@ -93,10 +93,10 @@ def log_config(log_format: str = "auto") -> dict[str, Any]:
 _applied: str | None = None
 
 
-def setup_logging(log_format: str = "auto") -> None:
-    """Configure logging, unless it already is in this format: dictConfig also resets the
-    handlers and levels of notsale's module loggers."""
+def setup_logging(log_format: str = "auto", *, again: bool = False) -> None:
+    """Configure logging, unless it already is in this format (or `again`): dictConfig also
+    resets the handlers and levels of notsale's module loggers."""
     global _applied
-    if _applied != chosen(log_format):
+    if again or _applied != chosen(log_format):
         logging.config.dictConfig(log_config(log_format))
         _applied = chosen(log_format)

@@ -35,7 +35,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 # The hot routes: they record their own answers, by outcome too (ok, or the error code).
 HOT_ROUTES = frozenset(("/checkout", "/purchase"))
 # Where a hot request's start is kept in its ASGI scope.
@@ -187,12 +186,15 @@ def metered(app: ASGIApp) -> ASGIApp:
     return handle
 
 
-def forget_dead_workers() -> None:
+def multiprocess_directory() -> str | None:
+    """Where the workers keep their values, if `notsale serve` set one."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def forget_dead_workers(directory: str) -> None:
     """Drop the live gauges of workers that died (granian replaced them); their counters
     stay, as counters must."""
-    if MULTIPROCESS_DIR is None:
-        return
-    for path in Path(MULTIPROCESS_DIR).glob("gauge_live*_*.db"):
+    for path in Path(directory).glob("gauge_live*_*.db"):
         pid = int(path.stem.rsplit("_", 1)[1])  # gauge_livesum_<pid>
         try:
             os.kill(pid, 0)
@@ -244,12 +246,13 @@ def redis_up(up: bool) -> GaugeMetricFamily:
 def exposition(scraped: Iterable[GaugeMetricFamily]) -> bytes:
     """Every worker's values and the scraped gauges, in Prometheus' text format."""
     hand_over()
-    if MULTIPROCESS_DIR is None:
+    directory = multiprocess_directory()
+    if directory is None:
         registry: CollectorRegistry = REGISTRY
         extra = CollectorRegistry()
         extra.register(_Scraped(scraped))
         return generate_latest(registry) + generate_latest(extra)
-    forget_dead_workers()
+    forget_dead_workers(directory)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(_Scraped(scraped))

@@ -1,8 +1,8 @@
 """The outbox: the log of decisions Redis keeps until PostgreSQL has them as rows.
 
-This module owns the entry format (written by sale.lua and by `record_refused` below, read by
-the flusher), its codec, the stream's key, field and consumer group, and how a checkout
-refused before Redis decided it is recorded.
+This module owns the entry format (written by sale.lua and by the checkout route for what
+Redis did not decide, read by the flusher, which makes rows of them: store/rows.py), its
+codec, and the stream's key, field and consumer group.
 Every checkout carries a request id made by its worker; its attempt row is keyed by it, so
 the decision's entry and any fallback row of the same request become one row.
 """
@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from notsale.engine.clock import now_ms
-from notsale.engine.keys import sale_keys
-from notsale.errors import ErrorCode, Failed, NotsaleError
-from notsale.store.rows import AttemptRow, PurchaseRow, int_or_none, ms_to_datetime, storable
+from notsale.clock import now_ms
+from notsale.errors import ErrorCode
+from notsale.keys import sale_keys
 
 if TYPE_CHECKING:
-    from notsale.engine.sale import SaleEngine
-    from notsale.store.writer import GroupCommit
+    pass
 
 # Raw values of a rejected request are stored cut to these lengths (they can be anything).
 RAW_VALUE_CHARS = 128
@@ -34,7 +32,7 @@ GROUP = "flushers"
 
 
 def stream(sale_id: int) -> str:
-    """The key of a sale's outbox stream (one of the sale's keys: see engine/keys.py)."""
+    """The key of a sale's outbox stream (one of the sale's keys: see keys.py)."""
     return sale_keys(sale_id).outbox
 
 
@@ -74,35 +72,6 @@ def entry(event: Event) -> dict[str, str]:
     return {FIELD: ENCODER.encode(event).decode()}
 
 
-# What `rows` raises for an entry that is not one this module or sale.lua wrote.
-UNREADABLE = (KeyError, ValueError, OverflowError, OSError, msgspec.MsgspecError)
-
-
-def attempt_row(sale_id: int, event: Checkout, entry_id: str = "") -> AttemptRow:
-    query = None if event.query is None else storable(event.query)
-    return AttemptRow(
-        event.request or f"{sale_id}:{entry_id}",
-        sale_id if event.sale is None else event.sale,
-        storable(event.user),
-        int_or_none(event.item),
-        event.code or None,
-        event.outcome,
-        query,
-        ms_to_datetime(int(event.time_ms)),
-    )
-
-
-def rows(
-    sale_id: int, entry_id: str, payload: str | bytes
-) -> tuple[AttemptRow | None, PurchaseRow | None]:
-    """One stream entry's payload (its FIELD) as the row it logs."""
-    event = DECODER.decode(payload)
-    if isinstance(event, Purchase):
-        at = ms_to_datetime(int(event.time_ms))
-        return None, PurchaseRow(sale_id, int(event.item), event.user, event.code, at, event.seq)
-    return attempt_row(sale_id, event, entry_id), None
-
-
 def refused_event(
     request_id: str,
     outcome: ErrorCode,
@@ -123,27 +92,3 @@ def refused_event(
         query[:RAW_QUERY_CHARS],
         sale_id,
     )
-
-
-async def record_refused(
-    engine: SaleEngine,
-    writer: GroupCommit,
-    sale_id: int,
-    event: Checkout,
-    failed: Failed | None,
-) -> None:
-    """Record a checkout that Redis did not decide, in whichever store takes it: the outbox
-    (unless Redis is what failed; refused for the backlog, such rows still have room there,
-    see sale.lua), else PostgreSQL directly. When neither can, the worker keeps the row and
-    writes it once PostgreSQL is back."""
-    if failed is not Failed.REDIS:
-        try:
-            if await engine.log(sale_id, ENCODER.encode(event)):
-                return
-        except NotsaleError:
-            pass  # PostgreSQL may still take it
-    row = attempt_row(sale_id, event)
-    try:
-        await writer.write_attempt(row)
-    except NotsaleError:
-        writer.write_later(row)

@@ -36,15 +36,23 @@ import httpx
 import msgspec
 
 from notsale.config import Settings
-from notsale.engine.client import connect
+from notsale.connections import connect
+from notsale.recovery.reconcile import Reconciler
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
 from notsale.store.pool import create_pool
 from notsale.store.queries import PURCHASE_FIELDS
-from notsale.store.reconcile import Reconciler
 from notsale.store.rows import ATTEMPT_COLUMNS, AttemptRow, PurchaseRow
-from tests.conftest import SERVER_START_TIMEOUT_S, free_port, log_tail, spawn_server
 from tests.faultproxy import FaultProxy, through
 from tests.redisserver import RedisServer
+from tests.started import free_port
+from tests.support import (
+    SERVER_START_TIMEOUT_S,
+    log_tail,
+    server_env,
+    spawn_server,
+    until_healthy,
+    workers_of,
+)
 
 # A request not answered within this long counts as unanswered (a hang, see `check`).
 CLIENT_TIMEOUT_S = 10.0
@@ -229,41 +237,6 @@ def crossing_sale_seconds(run_s: float, now: float | None = None) -> int:
     while not 0.4 * run_s <= seconds - now % seconds <= 0.6 * run_s:
         seconds += 1
     return seconds
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    """The environment of a `notsale serve` with these settings (as the `serve` fixture)."""
-    fields = {
-        "NOTSALE_" + name.upper(): str(getattr(settings, name))
-        for name in Settings.__struct_fields__
-    }
-    return {**os.environ, **fields}
-
-
-async def wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """True once /health answered 200 HEALTHY_IN_A_ROW times in a row (any worker may answer)."""
-    deadline = time.monotonic() + timeout
-    in_a_row = 0
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                ok = (await http.get("/health")).status_code == 200
-            except httpx.TransportError:
-                ok = False
-            in_a_row = in_a_row + 1 if ok else 0
-            if in_a_row >= HEALTHY_IN_A_ROW:
-                return True
-            await asyncio.sleep(0.1)
-    return False
-
-
-async def workers_of(pid: int) -> list[int]:
-    """The server's granian workers: its child processes."""
-    pgrep = await asyncio.create_subprocess_exec(
-        "pgrep", "-P", str(pid), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    out, _ = await pgrep.communicate()
-    return sorted(int(p) for p in out.split())
 
 
 # The crowd
@@ -517,7 +490,7 @@ class Nemesis:
             self.lost.append((killed_s - AOF_LOSS_S, self.since()))
             self.log("restart-redis: started again from its AOF")
         elif kind == "kill-worker":
-            workers = await workers_of(self.server.pid)
+            workers = await asyncio.to_thread(workers_of, self.server.pid)
             if not workers:
                 self.log("kill-worker: none up (granian is restarting)")
                 return
@@ -965,7 +938,7 @@ async def run_nemesis(
         base_url = f"http://{settings.host}:{settings.port}"
         log_path = str(logs / "server.log")
         process = spawn_server(server_env(settings), log_path)
-        if not await wait_healthy(base_url, process, SERVER_START_TIMEOUT_S):
+        if not await until_healthy(base_url, process, SERVER_START_TIMEOUT_S, HEALTHY_IN_A_ROW):
             raise RuntimeError(f"server did not become healthy:\n{log_tail(log_path)}")
 
         named = report.sale_id if cross else None
@@ -984,7 +957,7 @@ async def run_nemesis(
             report.server_exit = process.returncode
             violations.add("server down", f"exited with {process.returncode} during the run")
         else:
-            if not await wait_healthy(base_url, process, HEAL_TIMEOUT_S):
+            if not await until_healthy(base_url, process, HEAL_TIMEOUT_S, HEALTHY_IN_A_ROW):
                 violations.add("no recovery", f"/health not 200 {HEAL_TIMEOUT_S} s after healing")
             for sale in report.sale_ids:
                 await settle(base_url, sale)

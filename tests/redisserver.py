@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Self
 
 from notsale.engine.lane import pack
-from tests.started import Started
+from tests.started import Started, free_port
 
 # A server that does not take connections within this long after its start fails the test.
 START_TIMEOUT_S = 15.0
@@ -38,22 +38,6 @@ def cgroup2_root() -> Path | None:
         if fields[2] == "cgroup2" and os.access(fields[1], os.W_OK):
             return Path(fields[1])
     return None
-
-
-def free_port(bus: bool = False) -> int:
-    """A free port; with `bus`, also free 10000 above it (a cluster node's bus port)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not bus:
-            return port
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except (OSError, OverflowError):  # in use, or past 65535
-                continue
-        return port
 
 
 class RedisServer(Started):

@@ -6,35 +6,18 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.clock import current_sale
-from tests.conftest import wait_for
+from tests.support import Client, assert_error, checkout, purchase, wait_for
 
-Client = AsyncTestClient[Any]
 CODE = re.compile(r"[A-Za-z0-9_-]{22,}")
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-async def checkout(client: Client, user: str, item: int | str) -> Any:
-    return await client.post("/checkout", params={"user_id": user, "id": str(item)})
-
-
-async def purchase(client: Client, code: str) -> Any:
-    return await client.post("/purchase", params={"code": code})
-
-
-def assert_error(response: Any, status: int, error: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == error
-    assert isinstance(body["detail"], str) and body["detail"]
 
 
 async def attempt_outcomes(db: asyncpg.Connection, count: int) -> list[str]:

@@ -21,19 +21,18 @@ import asyncpg
 import httpx
 import pytest
 
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.client import STREAM_TIMEOUT_S
-from notsale.engine.clock import current_sale
-from notsale.engine.keys import sale_keys
+from notsale.connections import STREAM_TIMEOUT_S
+from notsale.keys import sale_keys
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
-from tests.conftest import Stores
 from tests.faultproxy import FaultProxy, through
 from tests.hosts import Hosts
 from tests.nemesis import Checkout, Crowd, Report, check, read_rows, wait_drained
 from tests.rediscluster import FORM_TIMEOUT_S, NODE_TIMEOUT_MS, RedisCluster, cli
 from tests.redisserver import RedisServer
-from tests.test_reconcile import notsale_cli
-from tests.test_stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
+from tests.stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
+from tests.support import Stores, notsale_cli
 
 HOSTS = 2
 SALE_SECONDS = 3600

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from notsale.config import ClusterURL, Settings, SettingsError, redis_cluster, unknown_variables
-from tests.conftest import free_port
+from tests.started import free_port
 
 
 def test_defaults_match_the_contract() -> None:

@@ -8,13 +8,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from notsale.clock import KEEP_AFTER_SALE_MS, current_sale, now_ms, sale_window
 from notsale.config import Settings
 from notsale.engine import sale as sale_module
-from notsale.engine.clock import current_sale, now_ms, sale_window
-from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
-from notsale.engine.sale import KEEP_AFTER_SALE_MS
+from notsale.engine.batch import Sender
 from notsale.errors import ErrorCode
-from tests.conftest import open_engine
+from notsale.keys import OUTBOX_REGISTRY, sale_keys
+from tests.support import open_engine
 
 
 async def test_scripts_reload_after_redis_forgets_them(
@@ -31,21 +31,23 @@ async def test_a_crowd_rides_in_one_script_run_and_latecomers_in_the_next(
 ) -> None:
     """Operations arriving together go in one run, decided in arrival order; those arriving
     while it is on the wire ride together in the next one (engine/batch.py)."""
-    async with open_engine(settings) as engine:
-        assert (await engine.checkout("amy", 1)).outcome is None  # the sale is ready
-        runs: list[int] = []
-        on_the_wire = asyncio.Event()
-        release = asyncio.Event()
-        send = engine._batcher._send
+    runs: list[int] = []
+    on_the_wire = asyncio.Event()
+    release = asyncio.Event()
 
-        async def counted(sale_id: int, words: list[Any]) -> list[Any]:
+    def counted(send: Sender) -> Sender:
+        async def run(sale_id: int, words: list[Any]) -> list[Any]:
             runs.append(len(words) // 6)  # a checkout is six words
             on_the_wire.set()
             await release.wait()
             return await send(sale_id, words)
 
-        engine._batcher._send = counted
+        return run
+
+    async with open_engine(settings, through=counted) as engine:
         release.set()
+        assert (await engine.checkout("amy", 1)).outcome is None  # the sale is ready
+        runs.clear()
         assert (await engine.checkout("bob", 4)).outcome is None  # alone: a run of its own
         release.clear()
         on_the_wire.clear()

@@ -22,25 +22,22 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notsale import clock as clock_module
 from notsale import outbox
 from notsale.api import checkout as checkout_module
 from notsale.app import create_app
+from notsale.clock import CLOCK_SKEW_MS, current_sale
 from notsale.config import Settings
-from notsale.engine import clock as clock_module
-from notsale.engine.client import connect
-from notsale.engine.clock import CLOCK_SKEW_MS, current_sale
-from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
-from notsale.engine.watch import WATCH_EVERY_S
+from notsale.connections import connect
+from notsale.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.recovery.reconcile import REBUILD_DEADLINE_S, Reconciler
+from notsale.recovery.watch import WATCH_EVERY_S
 from notsale.store import flusher as flusher_module
 from notsale.store.flusher import Flusher
 from notsale.store.migrations import migrate
-from notsale.store.pool import create_pool
-from notsale.store.reconcile import REBUILD_DEADLINE_S, Reconciler
-from tests.conftest import Stores, Throwaway, wait_for
 from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
-from tests.test_api import assert_error, checkout, purchase
-from tests.test_reconcile import notsale_cli
+from tests.support import Stores, Throwaway, assert_error, checkout, notsale_cli, purchase, wait_for
 
 Client = AsyncTestClient[Any]
 PG_PORT = 5432  # PostgreSQL's, when a URL names none
@@ -148,7 +145,7 @@ async def test_start_up_warns_when_redis_may_evict_sale_keys(
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    watch_log = logging.getLogger("notsale.engine.watch")
+    watch_log = logging.getLogger("notsale.recovery.watch")
     watch_log.addHandler(handler)
     try:
         with RedisServer() as server:
@@ -301,7 +298,7 @@ async def test_postgres_refuses_what_redis_gets_wrong_before_it_notices(
 
 
 async def test_one_bad_entry_in_a_copy_batch_is_set_aside_and_the_rest_written(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     """Case 5: a value out of a column's range fails COPY in the driver (OverflowError, not a
     PostgreSQL error); the batch is written row by row and that entry kept aside."""
@@ -313,24 +310,20 @@ async def test_one_bad_entry_in_a_copy_batch_is_set_aside_and_the_rest_written(
     ]
     # An item beyond PostgreSQL's integer.
     bad = outbox.entry(outbox.Purchase("", "u", "99999999999", "ok", "c0de", "1795482486613", 1))
-    pool = await create_pool(settings.database_url)
-    try:
-        async with connect(settings.redis_url) as redis:
-            for entry in [*good[:500], bad, *good[500:]]:
-                await redis.xadd(stream, entry)
-            flusher = Flusher(redis, pool, settings)
-            assert await flusher.flush_once(block_ms=1) == 1000
-            assert await flusher.flush_once(block_ms=1) == 1
-            assert await redis.xlen(stream) == 0
-    finally:
-        await pool.close()
+    async with connect(settings.redis_url) as redis:
+        for entry in [*good[:500], bad, *good[500:]]:
+            await redis.xadd(stream, entry)
+        flusher = Flusher(redis, pool, settings)
+        assert await flusher.flush_once(block_ms=1) == 1000
+        assert await flusher.flush_once(block_ms=1) == 1
+        assert await redis.xlen(stream) == 0
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1000
     [reject] = await db.fetch("SELECT payload, error FROM outbox_rejects")
     assert "99999999999" in reject["payload"] and reject["error"]
 
 
 async def test_an_entry_handed_out_many_times_is_written_not_set_aside(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     """Hole 1: Redis counts every re-read of a pending entry as a delivery, and a flusher
     re-reads its own every RETRY_DELAY_S while PostgreSQL is away. However often it was
@@ -339,18 +332,14 @@ async def test_an_entry_handed_out_many_times_is_written_not_set_aside(
     sale = current_sale(settings.sale_seconds)
     stream = outbox.stream(sale)
     entry = outbox.entry(outbox.Checkout("r1", "u", "5", "item_held", "", "1795482486613", 0))
-    pool = await create_pool(settings.database_url)
-    try:
-        async with connect(settings.redis_url) as redis:
-            await redis.xgroup_create(stream, outbox.GROUP, "0", mkstream=True)
-            entry_id = await redis.xadd(stream, entry)
-            await redis.xreadgroup(outbox.GROUP, "dead-0", streams={stream: ">"})
-            for n in range(1, 20):
-                await redis.xclaim(stream, outbox.GROUP, f"dead-{n}", 0, [entry_id])
-            assert await Reconciler(redis, pool, settings).drain(sale) == 1
-            assert await redis.xlen(stream) == 0
-    finally:
-        await pool.close()
+    async with connect(settings.redis_url) as redis:
+        await redis.xgroup_create(stream, outbox.GROUP, "0", mkstream=True)
+        entry_id = await redis.xadd(stream, entry)
+        await redis.xreadgroup(outbox.GROUP, "dead-0", streams={stream: ">"})
+        for n in range(1, 20):
+            await redis.xclaim(stream, outbox.GROUP, f"dead-{n}", 0, [entry_id])
+        assert await Reconciler(redis, pool, settings).drain(sale) == 1
+        assert await redis.xlen(stream) == 0
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
     assert await db.fetchval("SELECT count(*) FROM outbox_rejects") == 0
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,9 +14,9 @@ import asyncpg
 import httpx
 
 from notsale.config import Settings
-from notsale.engine.client import connect
+from notsale.connections import connect
 from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
-from tests.conftest import Server, health_status, wait_for
+from tests.support import Server, health_status, wait_for, workers_of
 
 SALE_SIZE = 60
 BUYERS = 120
@@ -52,13 +51,6 @@ async def buyer(http: httpx.AsyncClient, user: str, tally: Tally, stop: asyncio.
                 tally.unexpected.append(f"{response.status_code} {response.text}")
         except httpx.TransportError:
             pass  # the worker holding this connection was killed: an unknown outcome
-
-
-def workers_of(server: Server) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True
-    ).stdout.split()
-    return [int(pid) for pid in found]
 
 
 async def assert_nothing_lost(db: asyncpg.Connection, settings: Settings, tally: Tally) -> None:
@@ -97,9 +89,9 @@ async def test_worker_killed_mid_burst_loses_nothing(
 ) -> None:
     server = await serve(sale_size=SALE_SIZE, user_limit=5, workers=2)
     tally = Tally()
-    victim = workers_of(server)[0]
+    victim = workers_of(server.process.pid)[0]
     await burst(server, tally, midway=lambda: os.kill(victim, signal.SIGKILL))
-    assert tally.answered > 100 and victim not in workers_of(server)
+    assert tally.answered > 100 and victim not in workers_of(server.process.pid)
     await assert_nothing_lost(db, settings, tally)
 
 
@@ -125,11 +117,11 @@ async def test_a_worker_killed_twice_in_a_row_does_not_take_the_server_down(
     starts granian again, so the service keeps serving."""
     server = await serve(sale_size=SALE_SIZE, workers=2)
     for _ in range(2):
-        before = set(workers_of(server))
+        before = set(workers_of(server.process.pid))
         os.kill(max(before), signal.SIGKILL)  # the second time: the one just respawned
 
         async def respawned(before: set[int] = before) -> bool:
-            now = set(workers_of(server))
+            now = set(workers_of(server.process.pid))
             return len(now) == 2 and now != before
 
         assert await wait_for(respawned, True)

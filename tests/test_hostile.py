@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 Client = AsyncTestClient[Any]
 

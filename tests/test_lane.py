@@ -15,12 +15,12 @@ import pytest
 from coredis.connection import TCPLocation
 from coredis.exceptions import AuthenticationFailureError, ConnectionError
 
+from notsale.connections import REDIS_DOWN, Client, connect
 from notsale.engine import lane as lane_module
-from notsale.engine.client import REDIS_DOWN, Client, connect
 from notsale.engine.lane import Lane
-from tests.conftest import Stores
 from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
+from tests.support import Stores
 
 # Each run appends its argument to a list, so the test can count how often Redis ran it.
 SCRIPT = "redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]"

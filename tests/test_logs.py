@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from notsale import logs
 from notsale.logs import ACCESS_FORMAT, ACCESS_LOGGER, log_config, setup_logging
 
 ACCESS = {
@@ -25,13 +24,12 @@ ACCESS = {
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     yield
-    logs._applied = None
-    setup_logging("json")
+    setup_logging("json", again=True)
 
 
 def emit(capsys: pytest.CaptureFixture[str], log_format: str) -> list[str]:
-    logs._applied = None  # configure again: the handler then writes to capsys' stderr
-    setup_logging(log_format)
+    # Configured again: the handler then writes to capsys' stderr.
+    setup_logging(log_format, again=True)
     logging.getLogger("notsale.store").warning("flusher paused", extra={"error": "down"})
     logging.getLogger("_granian").info("Listening at: http://127.0.0.1:8080")
     logging.getLogger(ACCESS_LOGGER).info(ACCESS_FORMAT, ACCESS)

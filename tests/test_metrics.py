@@ -18,12 +18,11 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.clock import current_sale
 from notsale.metrics import HAND_OVER_S
-from tests.conftest import free_port, wait_for
-from tests.test_api import Client, assert_error
-from tests.test_faults import workers_of
+from tests.started import free_port
+from tests.support import Client, assert_error, wait_for, workers_of
 
 # Workers hand their per-request values to prometheus_client every HAND_OVER_S.
 HANDED_OVER_S = 2 * HAND_OVER_S
@@ -140,11 +139,11 @@ async def test_counters_add_up_across_two_workers(
         assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == checkouts
 
         # A killed worker's counts stay (counters never go down); its live gauge goes.
-        victim = workers_of(server)[0]
+        victim = workers_of(server.process.pid)[0]
         os.kill(victim, signal.SIGKILL)
 
         async def replaced() -> bool:
-            workers = workers_of(server)
+            workers = workers_of(server.process.pid)
             return len(workers) == 2 and victim not in workers
 
         assert await wait_for(replaced, True, timeout=20)

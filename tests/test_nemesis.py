@@ -10,7 +10,6 @@ import asyncpg
 import pytest
 
 from notsale.store.rows import AttemptRow, PurchaseRow
-from tests.conftest import Stores
 from tests.nemesis import (
     Checkout,
     Purchase,
@@ -18,6 +17,7 @@ from tests.nemesis import (
     check,
     run_nemesis,
 )
+from tests.support import Stores
 
 AT = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 STAMPEDE_S = 12.0

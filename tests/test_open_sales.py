@@ -11,12 +11,10 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
+from notsale.clock import KEEP_AFTER_SALE_MS, current_sale, now_ms, rfc3339, sale_window
 from notsale.config import Settings
-from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window
-from notsale.engine.keys import sale_keys
-from notsale.engine.sale import KEEP_AFTER_SALE_MS
-from tests.conftest import wait_for
-from tests.test_api import Client, assert_error, purchase
+from notsale.keys import sale_keys
+from tests.support import Client, assert_error, purchase, wait_for
 
 SALE_S, OPEN_S = 2, 6
 
@@ -128,7 +126,7 @@ async def attempts(db: asyncpg.Connection, count: int) -> list[tuple[Any, ...]]:
 
 
 async def redis_ttl_ms(settings: Settings, key: str) -> int:
-    from notsale.engine.client import connect
+    from notsale.connections import connect
 
     async with connect(settings.redis_url) as redis:
         return int(await redis.pttl(key))

@@ -15,22 +15,24 @@ import httpx
 from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.clock import current_sale
 from notsale.store.migrations import migrate
 from notsale.store.writer import COMMIT_DEADLINE_S
-from tests.conftest import (
+from tests.faultproxy import in_front_of
+from tests.started import free_port
+from tests.support import (
     Stores,
     Throwaway,
-    free_port,
+    assert_error,
+    checkout,
     health_status,
     log_tail,
+    purchase,
+    server_env,
     spawn_server,
     wait_for,
 )
-from tests.faultproxy import in_front_of
-from tests.nemesis import server_env
-from tests.test_api import assert_error, checkout, purchase
 
 # An outage is answered within this long: bounded waits, never a hang.
 OUTAGE_ANSWER_S = 6.0

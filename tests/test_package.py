@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 from notsale.store.migrations import migration_files, with_path
-from tests.conftest import (
+from tests.started import free_port
+from tests.support import (
     BASE,
     REPO,
     Stores,
-    free_port,
+    drop_database,
     health_status,
     log_tail,
     spawn_server,
@@ -132,11 +133,7 @@ async def test_a_wheel_installed_outside_the_checkout_migrates_serves_and_sells(
         finally:
             await conn.close()
     finally:
-        admin = await asyncpg.connect(BASE.database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(name)
 
 
 def test_the_compose_file_is_valid_and_runs_what_it_says(tmp_path: Path) -> None:

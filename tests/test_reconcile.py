@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from typing import Any
-
 import asyncpg
-from litestar.testing import AsyncTestClient
 
 from notsale import outbox
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.client import connect
-from notsale.engine.clock import current_sale
-from tests.test_api import assert_error, checkout, purchase
-
-Client = AsyncTestClient[Any]
+from notsale.connections import connect
+from tests.support import Client, assert_error, checkout, notsale_cli, purchase
 
 
 async def flush_redis(settings: Settings) -> None:
     async with connect(settings.redis_url) as redis:
         await redis.flushdb()
-
-
-def notsale_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "NOTSALE_REDIS_URL": settings.redis_url,
-        "NOTSALE_DATABASE_URL": settings.database_url,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "notsale", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_checkout_after_redis_lost_its_data_sees_the_stored_purchases(

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
 from notsale.app import create_app
 from notsale.config import Settings
-from tests.conftest import TEST_SETTINGS, Stores, free_port, log_tail, spawn_server
+from tests.started import free_port
+from tests.support import (
+    SERVER_START_TIMEOUT_S,
+    TEST_SETTINGS,
+    Stores,
+    log_tail,
+    server_env,
+    spawn_server,
+    until_healthy,
+)
 
 SCHEMA = schemathesis.openapi.from_dict(
     create_app(Settings(**TEST_SETTINGS)).openapi_schema.to_schema()
@@ -24,26 +32,17 @@ SCHEMA = schemathesis.openapi.from_dict(
 @pytest.fixture(scope="module")
 def live_url(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "NOTSALE_PORT": str(port),
-        "NOTSALE_WORKERS": "1",
-        "NOTSALE_REDIS_URL": stores.redis_url,
-        "NOTSALE_DATABASE_URL": stores.database_url,
-        **{f"NOTSALE_{k.upper()}": str(v) for k, v in TEST_SETTINGS.items() if k != "workers"},
-    }
+    served = Settings(
+        database_url=stores.database_url,
+        redis_url=stores.redis_url,
+        port=port,
+        **{**TEST_SETTINGS, "workers": 1},
+    )
     log_path = str(tmp_path_factory.mktemp("schema") / "server.log")
-    process = spawn_server(env, log_path)
+    process = spawn_server(server_env(served), log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
+        if not asyncio.run(until_healthy(url, process, SERVER_START_TIMEOUT_S)):
             pytest.fail(f"server did not start:\n{log_tail(log_path)}")
         yield url
     finally:

@@ -13,24 +13,23 @@ import pytest
 
 from notsale import outbox
 from notsale.__main__ import main
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.clock import current_sale
 from notsale.errors import ErrorCode
-from notsale.store import rows
+from notsale.recovery.reconcile import Reconciler
+from notsale.store import batches
 from notsale.store.flusher import Flusher
 from notsale.store.migrations import migrate, migration_files, with_path
-from notsale.store.pool import create_pool
-from notsale.store.reconcile import Reconciler
 from notsale.store.rows import AttemptRow, PurchaseRow
 from notsale.store.writer import KEEP_CONNECTION_S, GroupCommit
-from tests.conftest import BASE, free_port, open_engine
+from tests.started import free_port
+from tests.support import BASE, drop_database, open_engine
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
 async def test_concurrent_migrations_create_the_database_and_apply_each_file_once() -> None:
     name = f"notsale_migrate_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(BASE.database_url)
     try:
         url = with_path(BASE.database_url, "/" + name)
         files = len(migration_files())
@@ -44,8 +43,7 @@ async def test_concurrent_migrations_create_the_database_and_apply_each_file_onc
         finally:
             await conn.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
 
 
 def test_migrate_against_an_unreachable_server_exits_with_one_line(
@@ -63,37 +61,33 @@ LIMIT = 3
 
 @pytest.fixture(params=[False, True], ids=["statement", "copy"])
 def write(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """rows.write_rows, by one INSERT statement or (every batch made large) by COPY."""
+    """batches.write_rows, by one INSERT statement or (every batch made large) by COPY."""
     if request.param:
-        monkeypatch.setattr(rows, "COPY_FROM_ROWS", 1)
+        monkeypatch.setattr(batches, "COPY_FROM_ROWS", 1)
 
     async def write(conn: asyncpg.Connection, attempts: Any, purchases: Any) -> Any:
-        return await rows.write_rows(conn, attempts, purchases, LIMIT, 5)
+        return await batches.write_rows(conn, attempts, purchases, LIMIT, 5)
 
     return write
 
 
 async def test_writing_the_same_rows_twice_is_harmless(
-    settings: Settings, db: asyncpg.Connection, write: Any
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, write: Any
 ) -> None:
     attempt = AttemptRow("7:1-0", 7, "u", 3, "c0de", "ok", None, NOW)
     purchase = PurchaseRow(7, 3, "u", "c0de", NOW, 1)
-    pool = await create_pool(settings.database_url)
-    try:
-        async with pool.acquire() as conn:
-            assert await write(conn, [attempt, attempt], [purchase, purchase]) == {}
-            assert await write(conn, [attempt], [purchase]) == {}
-            # The same item under another code is refused and reported, never overwritten,
-            # whether it was stored before or comes in the same batch.
-            clash = PurchaseRow(7, 3, "v", "other", NOW, 1)
-            assert await write(conn, [], [clash]) == {"other": ErrorCode.ITEM_SOLD}
-            first, second = (
-                PurchaseRow(7, 4, "u", "c1", NOW, 2),
-                PurchaseRow(7, 4, "v", "c2", NOW, 1),
-            )
-            assert await write(conn, [], [first, second]) == {"c2": ErrorCode.ITEM_SOLD}
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn:
+        assert await write(conn, [attempt, attempt], [purchase, purchase]) == {}
+        assert await write(conn, [attempt], [purchase]) == {}
+        # The same item under another code is refused and reported, never overwritten,
+        # whether it was stored before or comes in the same batch.
+        clash = PurchaseRow(7, 3, "v", "other", NOW, 1)
+        assert await write(conn, [], [clash]) == {"other": ErrorCode.ITEM_SOLD}
+        first, second = (
+            PurchaseRow(7, 4, "u", "c1", NOW, 2),
+            PurchaseRow(7, 4, "v", "c2", NOW, 1),
+        )
+        assert await write(conn, [], [first, second]) == {"c2": ErrorCode.ITEM_SOLD}
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 1
     assert await db.fetch("SELECT user_id, code FROM purchases ORDER BY item_id") == [
         ("u", "c0de"),
@@ -102,11 +96,10 @@ async def test_writing_the_same_rows_twice_is_harmless(
 
 
 async def test_the_group_commit_replaces_a_connection_postgresql_dropped(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     """The writer keeps its connection from one commit to the next: one that PostgreSQL
     closed meanwhile is replaced, and the next rows are written, not refused."""
-    pool = await create_pool(settings.database_url)
     writer = GroupCommit(pool, settings.user_limit)
     writer.start()
     try:
@@ -123,7 +116,6 @@ async def test_the_group_commit_replaces_a_connection_postgresql_dropped(
         assert pool.get_idle_size() == 1
     finally:
         await writer.close()
-        await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 2
     assert await db.fetchval("SELECT count(*) FROM purchases") == 1
 
@@ -144,45 +136,37 @@ async def test_a_write_on_a_connection_postgresql_dropped_is_not_the_rows_fault(
             await lost.wait()  # the driver noticed the closed socket
         for groups in ([(attempts, [])], [([a], []) for a in attempts]):
             with pytest.raises(asyncpg.exceptions.InterfaceError):
-                await rows.write_groups(conn, groups, LIMIT, 5.0)
+                await batches.write_groups(conn, groups, LIMIT, 5.0)
     finally:
         await conn.close()
 
 
 async def test_postgres_refuses_a_purchase_past_the_user_limit_whatever_redis_counted(
-    settings: Settings, db: asyncpg.Connection, write: Any
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, write: Any
 ) -> None:
-    pool = await create_pool(settings.database_url)
-    try:
-        async with pool.acquire() as conn:
-            bought = [PurchaseRow(7, n, "u", f"c{n}", NOW, n) for n in range(1, LIMIT + 1)]
-            assert await write(conn, [], bought) == {}
-            # Redis lost the last purchase and counted the user one short: seq 3 again.
-            again = PurchaseRow(7, 9, "u", "lost", NOW, LIMIT)
-            past = PurchaseRow(7, 10, "u", "past", NOW, LIMIT + 1)
-            other_sale = PurchaseRow(8, 9, "u", "next", NOW, LIMIT)
-            refused = await write(conn, [], [again, past, other_sale])
-            assert refused == {"lost": ErrorCode.USER_LIMIT, "past": ErrorCode.USER_LIMIT}
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn:
+        bought = [PurchaseRow(7, n, "u", f"c{n}", NOW, n) for n in range(1, LIMIT + 1)]
+        assert await write(conn, [], bought) == {}
+        # Redis lost the last purchase and counted the user one short: seq 3 again.
+        again = PurchaseRow(7, 9, "u", "lost", NOW, LIMIT)
+        past = PurchaseRow(7, 10, "u", "past", NOW, LIMIT + 1)
+        other_sale = PurchaseRow(8, 9, "u", "next", NOW, LIMIT)
+        refused = await write(conn, [], [again, past, other_sale])
+        assert refused == {"lost": ErrorCode.USER_LIMIT, "past": ErrorCode.USER_LIMIT}
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE user_id = 'u'") == LIMIT + 1
 
 
 async def test_a_503_row_and_the_decision_of_the_same_request_become_one_row(
-    settings: Settings, db: asyncpg.Connection, write: Any
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, write: Any
 ) -> None:
     """A checkout answered 503 whose script ran after all: its fallback row (outcome
     unavailable) and its outbox entry (the decision) meet, in either order or one batch."""
     unknown = AttemptRow("r1", 7, "u", 3, None, "unavailable", None, NOW)
     decided = AttemptRow("r1", 7, "u", 3, "c0de", "ok", None, NOW)
     never = AttemptRow("r2", 7, "u", 4, None, "unavailable", None, NOW)
-    pool = await create_pool(settings.database_url)
-    try:
-        async with pool.acquire() as conn:
-            for batch in ([unknown], [decided], [decided, unknown], [never], [never]):
-                await write(conn, batch, [])
-    finally:
-        await pool.close()
+    async with pool.acquire() as conn:
+        for batch in ([unknown], [decided], [decided, unknown], [never], [never]):
+            await write(conn, batch, [])
     found = await db.fetch("SELECT id, outcome, decided, code FROM checkout_attempts ORDER BY id")
     assert [tuple(r) for r in found] == [
         ("r1", "unavailable", "ok", "c0de"),
@@ -191,12 +175,11 @@ async def test_a_503_row_and_the_decision_of_the_same_request_become_one_row(
 
 
 async def test_a_purchase_written_meanwhile_by_another_writer_is_no_clash(
-    settings: Settings, db: asyncpg.Connection, write: Any
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection, write: Any
 ) -> None:
     """The outbox flusher may store a purchase while its worker's group commit writes it: the
     commit waits for the other transaction, then must see that row as the same purchase."""
     purchase = PurchaseRow(7, 3, "u", "c0de", NOW, 1)
-    pool = await create_pool(settings.database_url)
     other = await asyncpg.connect(settings.database_url)
     try:
         other_tx = other.transaction()
@@ -213,14 +196,12 @@ async def test_a_purchase_written_meanwhile_by_another_writer_is_no_clash(
             assert await writing == {}
     finally:
         await other.close()
-        await pool.close()
     assert await db.fetchval("SELECT count(*) FROM purchases") == 1
 
 
 async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
         redis = engine.redis
         decision = await engine.checkout("zoe", 5)
@@ -235,14 +216,13 @@ async def test_flusher_writes_logged_decisions_then_acks_and_deletes_them(
         assert await redis.xlen(key) == 0
         pending = await redis.xpending(key, outbox.GROUP)
         assert pending.pending == 0
-    await pool.close()
     outcomes = await db.fetch("SELECT user_id, outcome FROM checkout_attempts ORDER BY id")
     assert sorted(tuple(r) for r in outcomes) == [("yan", "item_held"), ("zoe", "ok")]
     assert await db.fetchval("SELECT user_id FROM purchases") == "zoe"
 
 
 async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_outbox(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     made = outbox.Checkout("r1", "u", "5", "item_sold", "", "1795482486613", 0)
     bad = [
@@ -252,7 +232,6 @@ async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_ou
         outbox.entry(msgspec.structs.replace(made, request="r2", time_ms="9" * 20)),  # no time
         {outbox.FIELD: '["c","u","5","item_sold","","1795482486613"]'},  # an older format
     ]
-    pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
         redis = engine.redis
         decision = await engine.checkout("zoe", 5)
@@ -266,7 +245,6 @@ async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_ou
         assert [d.detail for d in found if d.what == "rejected"] == [
             "5 outbox entries kept in outbox_rejects"
         ]
-    await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 2
     rejects = await db.fetch("SELECT stream, entry_id, payload FROM outbox_rejects")
     assert sorted(r["entry_id"] for r in rejects) == sorted(bad_ids)
@@ -275,9 +253,8 @@ async def test_entries_that_cannot_be_rows_are_kept_aside_and_never_block_the_ou
 
 
 async def test_flushers_of_several_workers_share_a_new_stream(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
         redis = engine.redis
         flushers = [Flusher(redis, pool, settings) for _ in range(3)]
@@ -290,17 +267,15 @@ async def test_flushers_of_several_workers_share_a_new_stream(
             await engine.checkout(f"u{item}", item)
         written = await asyncio.gather(*(f.flush_once(block_ms=10) for f in flushers))
         assert sum(written) == 6
-    await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 6
 
 
 async def test_entries_left_pending_by_a_dead_flusher_are_claimed_and_written(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(settings.database_url)
     async with open_engine(settings) as engine:
         redis = engine.redis
-        survivor = Flusher(redis, pool, settings, claim_idle_ms=200)
+        survivor = Flusher(redis, pool, settings, claim_idle_ms=200, claim_every_s=0)
         await survivor.flush_once(block_ms=1)  # creates the group
         for item in (1, 2, 3):
             await engine.checkout(f"u{item}", item)
@@ -309,8 +284,6 @@ async def test_entries_left_pending_by_a_dead_flusher_are_claimed_and_written(
         await redis.xreadgroup(outbox.GROUP, "dead", streams={key: ">"}, count=10)
         assert await survivor.flush_once(block_ms=1) == 0  # not idle long enough yet
         await asyncio.sleep(0.3)
-        survivor._next_claim = 0  # its next batch looks for silent flushers' entries
         assert await survivor.flush_once(block_ms=1) == 3
         assert await redis.xlen(key) == 0
-    await pool.close()
     assert await db.fetchval("SELECT count(*) FROM checkout_attempts") == 3

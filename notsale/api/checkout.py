@@ -11,7 +11,7 @@ from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.catalog import image_url, item_name
-from notsale.engine.clock import (
+from notsale.clock import (
     CLOCK_SKEW_MS,
     current_sale,
     now_ms,
@@ -19,8 +19,9 @@ from notsale.engine.clock import (
     sale_window,
     surely_not_started,
 )
-from notsale.errors import ErrorCode, NotsaleError, Unavailable
+from notsale.errors import ErrorCode, Failed, NotsaleError, Unavailable
 from notsale.services import Services, services_of
+from notsale.store.rows import attempt_row
 
 
 async def record_refusal(
@@ -32,13 +33,25 @@ async def record_refusal(
     item_raw: str,
     named: int | None = None,
 ) -> None:
-    """The attempt row of a checkout that Redis did not decide (see outbox.record_refused),
-    logged in the running sale's outbox; `named` is the sale it named, once it may have started."""
+    """The attempt row of a checkout that Redis did not decide, logged in the running sale's
+    outbox; `named` is the sale it named, once it may have started. It goes to whichever
+    store takes it: the outbox (unless Redis is what failed; refused for the backlog, such
+    rows still have room there, see sale.lua), else PostgreSQL directly. When neither can,
+    the worker keeps the row and writes it once PostgreSQL is back."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
     event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query, named)
-    failed = exc.failed if isinstance(exc, Unavailable) else None
     sale_id = current_sale(services.settings.sale_seconds)
-    await outbox.record_refused(services.engine, services.writer, sale_id, event, failed)
+    if not (isinstance(exc, Unavailable) and exc.failed is Failed.REDIS):
+        try:
+            if await services.engine.log(sale_id, outbox.ENCODER.encode(event)):
+                return
+        except NotsaleError:
+            pass  # PostgreSQL may still take it
+    row = attempt_row(sale_id, event)
+    try:
+        await services.writer.write_attempt(row)
+    except NotsaleError:
+        services.writer.write_later(row)
 
 
 CHECKOUT_DOC = HotRouteDoc(

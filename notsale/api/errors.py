@@ -13,7 +13,7 @@ from litestar.types import Receive, Scope, Send
 
 from notsale import metrics
 from notsale.api.models import ErrorBody
-from notsale.engine.client import REDIS_DOWN
+from notsale.connections import REDIS_DOWN
 from notsale.errors import DEFAULT_DETAIL, STATUS, ErrorCode, NotsaleError
 from notsale.store.pool import PG_DOWN
 

@@ -9,12 +9,10 @@ from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
 
 from notsale.api.models import HealthBody
-from notsale.engine.clock import current_sale
-from notsale.engine.keys import health_key
+from notsale.api.shared import PROBE_TIMEOUT_S
+from notsale.clock import current_sale
+from notsale.keys import health_key
 from notsale.services import ServicesDep
-
-# A health check answers within about this long, whatever state the stores are in.
-PROBE_TIMEOUT_S = 1.0
 
 
 async def probe(check: Awaitable[object]) -> str:

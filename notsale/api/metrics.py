@@ -9,10 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 
 from notsale import metrics
-from notsale.api.health import PROBE_TIMEOUT_S
-from notsale.api.sales import counts, sale_body
-from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import current_sale
+from notsale.api.shared import PROBE_TIMEOUT_S, counts, sale_body
+from notsale.clock import current_sale
+from notsale.connections import REDIS_DOWN
 from notsale.errors import NotsaleError
 from notsale.services import Services, ServicesDep
 from notsale.store.pool import PG_DOWN

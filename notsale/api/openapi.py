@@ -27,7 +27,7 @@ from litestar.routes import ASGIRoute
 
 from notsale.api.errors import error_groups
 from notsale.api.models import Body, ErrorBody
-from notsale.api.params import INT64_MAX, INT64_MIN, USER_ID
+from notsale.api.params import INT64_MAX, INT64_MIN, PAGE_MAX, USER_ID
 from notsale.engine.codes import CODE_PATTERN
 from notsale.errors import ErrorCode
 
@@ -41,8 +41,6 @@ INTEGER = Schema(
 )
 CODE = Schema(type=OpenAPIType.STRING, pattern=f"^{CODE_PATTERN.pattern}$", min_length=1)
 
-# Items in one page of GET /sales/{sale_id}/items at most.
-PAGE_MAX = 500
 PAGE_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=PAGE_MAX)
 
 # (path, method) -> {parameter: (schema, required)}

@@ -12,6 +12,8 @@ USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 # Any integer that fits in 64 bits (sign allowed); longer digit strings are refused unparsed.
 INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Items in one page of GET /sales/{sale_id}/items at most.
+PAGE_MAX = 500
 
 
 def invalid(detail: str) -> NotsaleError:

@@ -11,25 +11,14 @@ from notsale.api import params
 from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import PurchaseBody
 from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
-from notsale.catalog import item_name
-from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import surely_not_started
+from notsale.api.shared import purchase_body
+from notsale.clock import surely_not_started
+from notsale.connections import REDIS_DOWN
 from notsale.engine.codes import CODE_PATTERN, code_sale
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import services_of
 from notsale.store import queries
 from notsale.store.rows import PurchaseRow, ms_to_datetime
-
-
-def purchase_body(row: PurchaseRow) -> PurchaseBody:
-    return PurchaseBody(
-        sale_id=row.sale_id,
-        item_id=row.item_id,
-        user_id=row.user_id,
-        name=item_name(row.sale_id, row.item_id),
-        purchased_at=row.purchased_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
-
 
 PURCHASE_DOC = HotRouteDoc(
     tag="sale",

@@ -9,8 +9,6 @@ worker: a page polling many times a second costs Redis once.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Collection
 from typing import Annotated, Any
 
 import msgspec
@@ -20,10 +18,11 @@ from litestar.params import FromPath, Parameter, QueryParameter
 from notsale.api import params
 from notsale.api.errors import error_responses
 from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
-from notsale.api.openapi import PAGE_MAX
+from notsale.api.params import PAGE_MAX
+from notsale.api.shared import counts, sale_body, started_sale
 from notsale.catalog import image_url, item_name, item_svg
-from notsale.engine.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
-from notsale.errors import ErrorCode, NotsaleError
+from notsale.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
+from notsale.errors import ErrorCode
 from notsale.pictures import PICTURE_VERSION
 from notsale.services import Services, ServicesDep
 from notsale.store import queries
@@ -34,30 +33,6 @@ PAGE_DEFAULT = 100
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def started_sale(raw: str, services: Services) -> int:
-    """A sale id from a path or query, refused when that sale has not started yet."""
-    sale_id = params.integer(raw, "sale_id")
-    if sale_id > current_sale(services.settings.sale_seconds):
-        raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale has not started yet.")
-    return sale_id
-
-
-async def counts(
-    services: Services, sale_ids: list[int], in_redis: Collection[int] | None = None
-) -> dict[int, tuple[int, int]]:
-    """(sold, held) of each sale: from Redis where it holds the sale, else PostgreSQL's sold
-    count (and no holds: Redis keeps them, and it does not know the sale). `in_redis`: the
-    only sales worth asking Redis about (default: all)."""
-    asked = sale_ids if in_redis is None else [s for s in sale_ids if s in in_redis]
-    found = await asyncio.gather(*(services.engine.read(s) for s in asked))
-    known = {s: (int(r[0]), int(r[1])) for s, r in zip(asked, found, strict=True) if r}
-    unknown = [s for s in sale_ids if s not in known]
-    if unknown:
-        sold = await queries.sold_counts(services.reads, unknown)
-        known.update({s: (sold.get(s, 0), 0) for s in unknown})
-    return known
-
-
 async def statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
     if sale_window(sale_id, services.settings).closes_ms > now_ms():
         found = await services.engine.read(sale_id, first, count)
@@ -65,21 +40,6 @@ async def statuses(services: Services, sale_id: int, first: int, count: int) -> 
             return [str(status) for status in found]
     sold = await queries.sold_items(services.reads, sale_id, first, count)
     return ["sold" if item in sold else "available" for item in range(first, first + count)]
-
-
-def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBody:
-    s = services.settings
-    window = sale_window(sale_id, s)
-    return SaleBody(
-        sale_id=sale_id,
-        starts_at=rfc3339(window.starts_ms),
-        ends_at=rfc3339(window.ends_ms),
-        size=s.sale_size,
-        sold=sold,
-        held=held,
-        remaining=max(0, s.sale_size - sold - held),
-        user_limit=s.user_limit,
-    )
 
 
 async def open_sales(services: Services) -> SalesBody:

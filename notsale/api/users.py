@@ -10,9 +10,8 @@ from litestar.params import FromPath, Parameter
 from notsale.api import params
 from notsale.api.errors import error_responses
 from notsale.api.models import PurchasesBody
-from notsale.api.purchase import purchase_body
-from notsale.api.sales import started_sale
-from notsale.engine.clock import current_sale
+from notsale.api.shared import purchase_body, started_sale
+from notsale.clock import current_sale
 from notsale.errors import ErrorCode
 from notsale.services import ServicesDep
 from notsale.store import queries

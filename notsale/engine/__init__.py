@@ -1,1 +1,1 @@
-"""The sale rules: the clock, the Lua scripts that decide, and their Redis caller."""
+"""The sale rules: the Lua scripts that decide, and their Redis caller."""

@@ -7,7 +7,7 @@ runs take this connection instead: the caller writes the command on the transpor
 and `data_received` parses the replies with coredis' own RESP parser and hands each to the
 future that waits for it, in order. Every batch of every sale pipelines over it.
 
-Exactly once, as through coredis (engine/client.py): a call is never sent twice. An error
+Exactly once, as through coredis (connections.py): a call is never sent twice. An error
 reply fails its call alone. A call unanswered after STREAM_TIMEOUT_S, or a lost connection,
 fails every call still waiting and closes the connection (a stalled one may never answer
 again; a reply that comes late still meets its own, abandoned call, as replies are matched
@@ -33,7 +33,7 @@ from coredis.constants.resp import DataType
 from coredis.exceptions import ConnectionError, NoScriptError
 from coredis.parser import NotEnoughData, Parser
 
-from notsale.engine.client import REDIS_CONNECT_TIMEOUT_S, STREAM_TIMEOUT_S, Client
+from notsale.connections import REDIS_CONNECT_TIMEOUT_S, STREAM_TIMEOUT_S, Client
 
 
 def pack(*words: str | int | bytes) -> bytes:

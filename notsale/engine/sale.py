@@ -13,20 +13,16 @@ from typing import Any
 import msgspec
 
 from notsale import metrics
+from notsale.clock import KEEP_AFTER_SALE_MS, current_sale, now_ms, sale_window
 from notsale.config import Settings
-from notsale.engine.batch import Batcher
-from notsale.engine.client import REDIS_DOWN, Client
-from notsale.engine.clock import current_sale, now_ms, sale_window
+from notsale.connections import REDIS_DOWN, Client
+from notsale.engine.batch import Batcher, Sender
 from notsale.engine.codes import new_code
-from notsale.engine.keys import OUTBOX_REGISTRY, sale_keys
 from notsale.engine.lane import Lane
 from notsale.errors import ErrorCode, Failed, Unavailable
+from notsale.keys import OUTBOX_REGISTRY, sale_keys
 
 SCRIPTS_DIR = Path(__file__).parent
-
-# Keys outlive their sale's close by this long, so a late purchase retry is still answered
-# from Redis; after that PostgreSQL answers it, and Redis memory does not grow sale after sale.
-KEEP_AFTER_SALE_MS = 3_600_000
 
 # A checkout may meet a sale rollover and an unready sale before it is decided.
 CHECKOUT_TRIES = 3
@@ -55,17 +51,19 @@ class SaleEngine:
         redis: Client,
         settings: Settings,
         prepare: Callable[[int], Awaitable[None]] | None = None,
+        through: Callable[[Sender], Sender] | None = None,
     ) -> None:
         """`prepare(sale_id)` makes a sale ready when sale.lua finds it unready (a new sale,
-        or Redis lost data): see store/reconcile.py."""
+        or Redis lost data): see recovery/reconcile.py. `through`, a seam for tests: wraps
+        what carries each batch to Redis (`send_ops`)."""
         self.redis = redis
         self.settings = settings
         self._prepare = prepare
         # The scripts run over a connection of their own on a single Redis (lane.py).
         self._lane = Lane.of(redis)
-        self._sale = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
+        self.sale_script = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
         self._read = redis.register_script((SCRIPTS_DIR / "read.lua").read_text())
-        self._batcher = Batcher(self._send)
+        self._batcher = Batcher(self.send_ops if through is None else through(self.send_ops))
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
         self._requests = itertools.count(1)
@@ -97,7 +95,7 @@ class SaleEngine:
         head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
         return [*head, s.outbox_max]
 
-    async def _send(self, sale_id: int, ops: list[Any]) -> list[Any]:
+    async def send_ops(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
         if sale_id not in self._registered:
             # Before the sale's first entry: the flushers find every outbox in the registry.
@@ -107,7 +105,7 @@ class SaleEngine:
                 raise Unavailable(Failed.REDIS) from exc
             self._registered.add(sale_id)
         started = time.perf_counter()
-        replies = await self._run(self._sale, sale_keys(sale_id), [*self.head(sale_id), *ops])
+        replies = await self._run(self.sale_script, sale_keys(sale_id), [*self.head(sale_id), *ops])
         metrics.batch(len(replies), time.perf_counter() - started)
         return replies
 

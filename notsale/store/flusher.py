@@ -10,7 +10,7 @@ that: an entry is never set aside because a store was down or slow, however ofte
 handed out meanwhile (Redis counts every re-read of a pending entry as a delivery, and a
 flusher re-reads its own every RETRY_DELAY_S while PostgreSQL is away).
 
-It reads every sale in the outbox registry (engine/keys.py), whatever the sale's age, so an
+It reads every sale in the outbox registry (keys.py), whatever the sale's age, so an
 outage of PostgreSQL longer than a sale loses nothing; once a closed sale's stream is empty
 and acknowledged it is deleted and leaves the registry.
 """
@@ -31,12 +31,13 @@ import msgspec
 from coredis.response.types import StreamPendingExt
 
 from notsale import metrics, outbox
+from notsale.clock import CLOCK_SKEW_MS, current_sale, now_ms, sale_window
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN, Client
-from notsale.engine.clock import CLOCK_SKEW_MS, current_sale, now_ms, sale_window
-from notsale.engine.keys import OUTBOX_REGISTRY
+from notsale.connections import REDIS_DOWN, Client
+from notsale.keys import OUTBOX_REGISTRY
+from notsale.store.batches import write_groups, write_rejects
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, RejectRow, write_groups, write_rejects
+from notsale.store.rows import UNREADABLE, AttemptRow, PurchaseRow, RejectRow, from_entry
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,18 @@ class Flusher:
         *,
         sale_ids: Sequence[int] | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
+        claim_every_s: float = CLAIM_EVERY_S,
     ) -> None:
         """`sale_ids` pins the sales whose outboxes it reads (default: every registered one
         and the running sale and the one before); `claim_idle_ms` 0 takes over every pending
-        entry (reconcile)."""
+        entry (reconcile); `claim_every_s`: how often it looks for silent flushers' entries."""
         self._redis = redis
         self._ack = redis.register_script(ACK)
         self._pool = pool
         self._settings = settings
         self._sale_ids = sale_ids
         self._claim_idle_ms = claim_idle_ms
+        self._claim_every_s = claim_every_s
         self.consumer = consumer_name()
         self._groups: set[str] = set()
         self._registered: set[int] = set()
@@ -207,7 +210,7 @@ class Flusher:
             return 0
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_claim:
-            self._next_claim = loop.time() + CLAIM_EVERY_S
+            self._next_claim = loop.time() + self._claim_every_s
             await self._claim(streams.values())
         reply = None
         if self._backlog:
@@ -227,10 +230,10 @@ class Flusher:
                     continue  # deleted while pending: nothing left to write, only to ack
                 fields = entry.field_values
                 try:
-                    attempt, purchase = outbox.rows(
+                    attempt, purchase = from_entry(
                         by_key[key], entry.identifier, fields[outbox.FIELD]
                     )
-                except outbox.UNREADABLE as exc:
+                except UNREADABLE as exc:
                     rejects.append(reject(key, entry.identifier, fields, exc))
                     continue
                 logged.append(Logged(key, entry.identifier, fields, attempt, purchase))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from notsale.store.rows import prepare_connection
+from notsale.store.batches import prepare_connection
 
 # Small on purpose: a worker needs one connection for the flusher and one for the purchase
 # group commit, and PostgreSQL allows 100 connections across all workers.

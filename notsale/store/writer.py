@@ -24,8 +24,10 @@ import asyncpg
 
 from notsale import metrics
 from notsale.errors import Failed, NotsaleError, Unavailable
+from notsale.store.batches import write_groups
+from notsale.store.faults import usable
 from notsale.store.pool import QUERY_TIMEOUT_S
-from notsale.store.rows import AttemptRow, PurchaseRow, Refused, usable, write_groups
+from notsale.store.rows import AttemptRow, PurchaseRow, Refused
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import logging
 
 import coredis
 
+from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN
-from notsale.engine.clock import current_sale
+from notsale.connections import REDIS_DOWN
 from notsale.engine.sale import SaleEngine
 from notsale.errors import NotsaleError
-from notsale.store.reconcile import Reconciler
+from notsale.recovery.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Real Redis and PostgreSQL for the tests: one database and one Redis DB index per run."""
+"""What the tests and benchmarks share, loaded as a pytest plugin (`-p tests.support` in
+pyproject.toml): real Redis and PostgreSQL (one database and one Redis DB index per run),
+servers of this checkout, and the helpers every test file may use. Test files import this
+module and the library modules beside it (nemesis, stampede, redisserver, ...), never
+each other."""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,11 +29,12 @@ from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
 from notsale.config import Settings
-from notsale.engine.client import connect
+from notsale.connections import connect
 from notsale.engine.sale import SaleEngine
+from notsale.recovery.reconcile import Reconciler
 from notsale.store.migrations import migrate, with_path
 from notsale.store.pool import create_pool
-from notsale.store.reconcile import Reconciler
+from tests.started import free_port
 
 BASE = Settings.from_env()
 # Redis DB indexes a test run may claim; index 0 is left to the service's default.
@@ -45,13 +49,21 @@ class Stores(msgspec.Struct):
     redis_url: str
 
 
+async def drop_database(name: str, base_url: str = BASE.database_url) -> None:
+    """Drops a database a test or benchmark made, whoever is still connected to it."""
+    admin = await asyncpg.connect(base_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def stores() -> AsyncIterator[Stores]:
     """Creates this run's database (migrated) and claims a free Redis DB index."""
     run = f"notsale_test_{os.getpid()}_{secrets.token_hex(3)}"
     database_url = with_path(BASE.database_url, "/" + run)
     await migrate(database_url)  # creates the database
-    admin = await asyncpg.connect(BASE.database_url)
     claim_url = with_path(BASE.redis_url, "/0")
     # coredis clients are entered and left within one task, so each step opens its own.
     async with connect(claim_url) as claims:
@@ -69,8 +81,7 @@ async def stores() -> AsyncIterator[Stores]:
             await redis.flushdb()
         async with connect(claim_url) as claims:
             await claims.delete([claim])
-        await admin.execute(f'DROP DATABASE IF EXISTS "{run}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(run)
 
 
 @pytest.fixture
@@ -111,15 +122,25 @@ async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[As
         yield client
 
 
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of the run's database as a worker has it, closed after the test."""
+    made = await create_pool(settings.database_url)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
 @contextlib.asynccontextmanager
-async def open_engine(settings: Settings) -> AsyncIterator[SaleEngine]:
-    """A sale engine as a worker has it (rebuilding unready sales from PostgreSQL).
-    Not a fixture: a coredis client is entered and left in one task."""
+async def open_engine(settings: Settings, **options: Any) -> AsyncIterator[SaleEngine]:
+    """A sale engine as a worker has it (rebuilding unready sales from PostgreSQL), with
+    SaleEngine's `options`. Not a fixture: a coredis client is entered and left in one task."""
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
             reconciler = Reconciler(redis, pool, settings)
-            engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+            engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready, **options)
             try:
                 yield engine
             finally:
@@ -146,10 +167,49 @@ async def health_status(http: httpx.AsyncClient) -> int:
         return 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `notsale` command with these settings."""
+    fields = {
+        "NOTSALE_" + name.upper(): str(getattr(settings, name))
+        for name in Settings.__struct_fields__
+    }
+    return {**os.environ, **fields}
+
+
+def notsale_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`notsale <args>` of this checkout, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "notsale", *args],
+        env=server_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def workers_of(pid: int) -> list[int]:
+    """A server's granian workers: the child processes of its `notsale serve`."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return sorted(int(p) for p in found.stdout.split())
+
+
+Client = AsyncTestClient[Any]
+
+
+async def checkout(client: Client, user: str, item: int | str) -> Any:
+    return await client.post("/checkout", params={"user_id": user, "id": str(item)})
+
+
+async def purchase(client: Client, code: str) -> Any:
+    return await client.post("/purchase", params={"code": code})
+
+
+def assert_error(response: Any, status: int, error: str) -> None:
+    """An answer of the contract's error shape: this status and error code, and a detail."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error
+    assert isinstance(body["detail"], str) and body["detail"]
 
 
 class Server(msgspec.Struct):
@@ -179,6 +239,22 @@ def log_tail(log_path: str, chars: int = 4000) -> str:
         return log.read()[-chars:]
 
 
+async def until_healthy(
+    base_url: str, process: subprocess.Popen[bytes], timeout: float, in_a_row: int = 1
+) -> bool:
+    """True once /health answered 200 `in_a_row` times in a row (any worker may answer);
+    False if the server exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    healthy = 0
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
+        while time.monotonic() < deadline and process.poll() is None:
+            healthy = healthy + 1 if await health_status(http) == 200 else 0
+            if healthy >= in_a_row:
+                return True
+            await asyncio.sleep(0.1)
+    return False
+
+
 # A server must answer /health within this long after its start, or the test fails.
 SERVER_START_TIMEOUT_S = 30.0
 
@@ -193,26 +269,13 @@ async def serve(
     async def start(*, on: tuple[str, ...] = (), **overrides: Any) -> Server:
         """`on`: what runs the server's command elsewhere (`ip netns exec <ns>`, say)."""
         settings = make_settings(port=free_port(), **overrides)
-        env = {
-            **os.environ,
-            **{
-                "NOTSALE_" + name.upper(): str(getattr(settings, name))
-                for name in Settings.__struct_fields__
-            },
-        }
+        env = server_env(settings)
         log_path = str(tmp_path / f"server-{len(started)}.log")
         process = spawn_server(env, log_path, [*on, sys.executable, "-m", "notsale", "serve"])
         server = Server(process, f"http://{settings.host}:{settings.port}", log_path)
         started.append(server)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        async with httpx.AsyncClient(base_url=server.base_url) as http:
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        return server
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        if await until_healthy(server.base_url, process, SERVER_START_TIMEOUT_S):
+            return server
         pytest.fail(f"server did not become healthy:\n{log_tail(log_path)}")
 
     yield start

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 # Redis' clock decides when sales start and close (sale.lua). A worker refuses on its own
 # clock only what no difference between the two up to this long could make right.
 CLOCK_SKEW_MS = 60_000
+# A sale's Redis keys outlive its close by this long, so a late purchase retry is still
+# answered from Redis; after that PostgreSQL answers it, and Redis memory does not grow sale
+# after sale.
+KEEP_AFTER_SALE_MS = 3_600_000
 
 
 class SaleWindow(msgspec.Struct, frozen=True):

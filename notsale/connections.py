@@ -21,7 +21,7 @@ MAX_CONNECTIONS = 32
 REDIS_DOWN = (coredis.exceptions.RedisError, TimeoutError, OSError)
 
 # A single Redis (coredis.Redis) or a Redis Cluster (coredis.RedisCluster): every key of one
-# sale shares a slot (engine/keys.py), so each sale's commands and scripts run on both.
+# sale shares a slot (keys.py), so each sale's commands and scripts run on both.
 Client: TypeAlias = coredis.client.Client[str]
 
 

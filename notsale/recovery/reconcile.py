@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import secrets
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,17 +28,18 @@ import msgspec
 from coredis.tokens import PureToken
 
 from notsale import metrics
+from notsale.clock import KEEP_AFTER_SALE_MS, now_ms, sale_window
 from notsale.config import Settings
-from notsale.engine.client import REDIS_DOWN, Client
-from notsale.engine.clock import now_ms, sale_window
-from notsale.engine.keys import sale_keys
-from notsale.engine.sale import KEEP_AFTER_SALE_MS, SCRIPTS_DIR
+from notsale.connections import REDIS_DOWN, Client
 from notsale.errors import Failed, Unavailable
+from notsale.keys import sale_keys
 from notsale.store.flusher import PURCHASE_REFUSED, Flusher
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
+# reconcile.lua and mark_ahead.lua, beside this file.
+SCRIPTS = Path(__file__).parent
 # Operations per reconcile.lua run: keeps each run (which blocks Redis) to a few milliseconds.
 CHUNK_OPS = 500
 # Fields per HSCAN call while reading what Redis holds of the sale.
@@ -82,8 +84,8 @@ class Reconciler:
         self._redis = redis
         self._pool = pool
         self._settings = settings
-        self._script = redis.register_script((SCRIPTS_DIR / "reconcile.lua").read_text())
-        self._ahead = redis.register_script((SCRIPTS_DIR / "mark_ahead.lua").read_text())
+        self._script = redis.register_script((SCRIPTS / "reconcile.lua").read_text())
+        self._ahead = redis.register_script((SCRIPTS / "mark_ahead.lua").read_text())
         self._release = redis.register_script(RELEASE)
         self._rebuilds: dict[int, asyncio.Future[None]] = {}
         self._failed_at: dict[int, float] = {}

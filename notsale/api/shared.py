@@ -1,0 +1,68 @@
+"""What the controllers share: a sale id read from a request, a sale's counters and its
+body, a purchase's body, and how long a probe of a store may take."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+from notsale.api import params
+from notsale.api.models import PurchaseBody, SaleBody
+from notsale.catalog import item_name
+from notsale.clock import current_sale, rfc3339, sale_window
+from notsale.errors import ErrorCode, NotsaleError
+from notsale.services import Services
+from notsale.store import queries
+from notsale.store.rows import PurchaseRow
+
+# A health check answers within about this long, whatever state the stores are in.
+PROBE_TIMEOUT_S = 1.0
+
+
+def started_sale(raw: str, services: Services) -> int:
+    """A sale id from a path or query, refused when that sale has not started yet."""
+    sale_id = params.integer(raw, "sale_id")
+    if sale_id > current_sale(services.settings.sale_seconds):
+        raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale has not started yet.")
+    return sale_id
+
+
+async def counts(
+    services: Services, sale_ids: list[int], in_redis: Collection[int] | None = None
+) -> dict[int, tuple[int, int]]:
+    """(sold, held) of each sale: from Redis where it holds the sale, else PostgreSQL's sold
+    count (and no holds: Redis keeps them, and it does not know the sale). `in_redis`: the
+    only sales worth asking Redis about (default: all)."""
+    asked = sale_ids if in_redis is None else [s for s in sale_ids if s in in_redis]
+    found = await asyncio.gather(*(services.engine.read(s) for s in asked))
+    known = {s: (int(r[0]), int(r[1])) for s, r in zip(asked, found, strict=True) if r}
+    unknown = [s for s in sale_ids if s not in known]
+    if unknown:
+        sold = await queries.sold_counts(services.reads, unknown)
+        known.update({s: (sold.get(s, 0), 0) for s in unknown})
+    return known
+
+
+def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBody:
+    s = services.settings
+    window = sale_window(sale_id, s)
+    return SaleBody(
+        sale_id=sale_id,
+        starts_at=rfc3339(window.starts_ms),
+        ends_at=rfc3339(window.ends_ms),
+        size=s.sale_size,
+        sold=sold,
+        held=held,
+        remaining=max(0, s.sale_size - sold - held),
+        user_limit=s.user_limit,
+    )
+
+
+def purchase_body(row: PurchaseRow) -> PurchaseBody:
+    return PurchaseBody(
+        sale_id=row.sale_id,
+        item_id=row.item_id,
+        user_id=row.user_id,
+        name=item_name(row.sale_id, row.item_id),
+        purchased_at=row.purchased_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
