@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 from granian import Granian
-from granian.constants import Interfaces, Loops
+from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 
 from notsale.clock import current_sale
@@ -27,7 +27,8 @@ log = logging.getLogger("notsale")
 LISTEN_BACKLOG = 4096
 # A request line and headers larger than this are refused by granian before Python sees them.
 MAX_HEAD_BYTES = 16 * 1024
-# A client that does not finish sending its headers within this long is dropped.
+# A client that does not finish sending its headers within this long is dropped (a silent
+# connection too).
 HEADER_READ_TIMEOUT_MS = 10_000
 # A worker that has not stopped this long after SIGTERM is killed. Its drain (commits, the
 # flusher) ends well within it; seen here once: a worker hung for good in granian's signal
@@ -122,6 +123,9 @@ def granian(settings: Settings) -> Any:
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
+        # HTTP/1 only: while it detects the protocol (`auto`), granian has no timer, so a
+        # connection that sends nothing stayed open for good; cleartext HTTP/2 is no client's.
+        http=HTTPModes.http1,
         workers=settings.workers,
         loop=Loops.uvloop,
         backlog=LISTEN_BACKLOG,

@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_max: int = 1_000_000
     # GET /metrics and what feeds it (notsale.metrics); 0 or false turns both off.
     metrics: bool = True
+    # Set: GET /metrics answers only to `Authorization: Bearer <admin_token>` (else 401).
+    admin_token: str = ""
     # "json": one JSON object per line; "text": readable lines; "auto": text on a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
     # One line per request from granian (method, path, status, time; never the query).

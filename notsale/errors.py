@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     USER_LIMIT = "user_limit"
     SALE_CLOSED = "sale_closed"
     UNAVAILABLE = "unavailable"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -31,6 +32,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.USER_LIMIT: 429,
     ErrorCode.SALE_CLOSED: 410,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.UNAUTHENTICATED: 401,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -49,6 +51,7 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
         " a purchase with the same code is safe to retry, and a checkout retried gets the same"
         " code back if its hold was made."
     ),
+    ErrorCode.UNAUTHENTICATED: "This route needs a valid bearer token (Authorization: Bearer …).",
 }
 
 

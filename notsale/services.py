@@ -32,6 +32,8 @@ class Services:
     flusher: Flusher
     reconciler: Reconciler
     recent: Recent = field(default_factory=Recent)
+    # When this deployment first ran, once PostgreSQL said (see api/shared.py: first_sale).
+    first_run_ms: int | None = None
 
 
 # How a handler asks for them: `services: ServicesDep` (Litestar injects by name).

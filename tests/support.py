@@ -58,12 +58,29 @@ async def drop_database(name: str, base_url: str = BASE.database_url) -> None:
         await admin.close()
 
 
+# The test database plays a deployment that first ran this long ago: tests may name older
+# sales (a test of the rule itself moves it, see `backdate_deployment`).
+DEPLOYED_DAYS_AGO = 30
+
+
+async def backdate_deployment(database_url: str, days: float) -> None:
+    """This deployment first ran `days` ago (sql/005); servers started later read it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE deployment SET first_at = now() - make_interval(secs => $1)", days * 86400
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 async def stores() -> AsyncIterator[Stores]:
     """Creates this run's database (migrated) and claims a free Redis DB index."""
     run = f"notsale_test_{os.getpid()}_{secrets.token_hex(3)}"
     database_url = with_path(BASE.database_url, "/" + run)
     await migrate(database_url)  # creates the database
+    await backdate_deployment(database_url, DEPLOYED_DAYS_AGO)
     claim_url = with_path(BASE.redis_url, "/0")
     # coredis clients are entered and left within one task, so each step opens its own.
     async with connect(claim_url) as claims:
@@ -202,6 +219,15 @@ async def checkout(client: Client, user: str, item: int | str) -> Any:
 
 async def purchase(client: Client, code: str) -> Any:
     return await client.post("/purchase", params={"code": code})
+
+
+async def attempt_outcomes(db: asyncpg.Connection, count: int) -> list[str]:
+    async def probe() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM checkout_attempts"))
+
+    assert await wait_for(probe, count) == count
+    rows = await db.fetch("SELECT outcome FROM checkout_attempts ORDER BY attempted_at, id")
+    return [r["outcome"] for r in rows]
 
 
 def assert_error(response: Any, status: int, error: str) -> None:

@@ -14,19 +14,10 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
-from tests.support import Client, assert_error, checkout, purchase, wait_for
+from tests.support import Client, assert_error, attempt_outcomes, checkout, purchase
 
 CODE = re.compile(r"[A-Za-z0-9_-]{22,}")
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-async def attempt_outcomes(db: asyncpg.Connection, count: int) -> list[str]:
-    async def probe() -> int:
-        return int(await db.fetchval("SELECT count(*) FROM checkout_attempts"))
-
-    assert await wait_for(probe, count) == count
-    rows = await db.fetch("SELECT outcome FROM checkout_attempts ORDER BY attempted_at, id")
-    return [r["outcome"] for r in rows]
 
 
 async def test_checkout_returns_code_bound_to_sale_item_and_hold_expiry(
@@ -88,7 +79,10 @@ async def test_user_limit_counts_holds_and_purchases(client: Client, settings: S
         ({"user_id": "u", "id": "1.5"}, 400, "invalid_request"),
         ({"user_id": "u", "id": "99999999999999999999999"}, 400, "invalid_request"),
         ({"user_id": "u", "id": "0"}, 404, "item_not_found"),
-        ({"user_id": "u", "id": "-3"}, 404, "item_not_found"),
+        ({"user_id": "u", "id": "-3"}, 400, "invalid_request"),
+        ({"user_id": "u", "id": "+3"}, 400, "invalid_request"),
+        ({"user_id": "u", "id": "03"}, 400, "invalid_request"),
+        ({"user_id": "u", "id": "00"}, 400, "invalid_request"),
         ({"user_id": "u", "id": "21"}, 404, "item_not_found"),
         ({"user_id": "u", "id": "9223372036854775807"}, 404, "item_not_found"),
     ],
@@ -286,7 +280,8 @@ async def test_redis_unreachable_is_503_and_attempt_still_recorded(
         assert health.json() == {"status": "degraded", "redis": "down", "postgres": "ok"}
         assert_error(await checkout(client, "ivy", 1), 503, "unavailable")
         assert_error(await checkout(client, "ivy", "x"), 400, "invalid_request")
-        assert_error(await purchase(client, "A" * 22 + "1"), 503, "unavailable")
+        running = current_sale(settings.sale_seconds)
+        assert_error(await purchase(client, "A" * 22 + str(running)), 503, "unavailable")
     rows = await db.fetch("SELECT outcome, user_id FROM checkout_attempts ORDER BY attempted_at")
     assert [(r["outcome"], r["user_id"]) for r in rows] == [
         ("unavailable", "ivy"),

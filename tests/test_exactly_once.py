@@ -37,7 +37,17 @@ from notsale.store.flusher import Flusher
 from notsale.store.migrations import migrate
 from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
-from tests.support import Stores, Throwaway, assert_error, checkout, notsale_cli, purchase, wait_for
+from tests.support import (
+    DEPLOYED_DAYS_AGO,
+    Stores,
+    Throwaway,
+    assert_error,
+    backdate_deployment,
+    checkout,
+    notsale_cli,
+    purchase,
+    wait_for,
+)
 
 Client = AsyncTestClient[Any]
 PG_PORT = 5432  # PostgreSQL's, when a URL names none
@@ -382,6 +392,7 @@ async def test_a_full_outbox_refuses_checkouts_while_postgres_is_down_and_loses_
     anything is decided, and their rows still go through Redis."""
     servers = throwaway(postgres=True)
     await migrate(servers.database_url)
+    await backdate_deployment(servers.database_url, DEPLOYED_DAYS_AGO)  # the older sale ran
     settings = make_settings(database_url=servers.database_url, outbox_max=3)
     running = current_sale(settings.sale_seconds)
     async with app_client(settings) as client, connect(settings.redis_url) as redis:

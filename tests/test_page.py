@@ -39,6 +39,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1280,900")
+    # What the page's console says (a policy's refusals are errors there).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -71,7 +73,10 @@ async def test_a_buyer_checks_out_and_buys_on_the_page(
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         page = await http.get("/")
         assert page.headers["content-type"].startswith("text/html")
-        assert "default-src 'self'" in page.headers["content-security-policy"]
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "unsafe-inline" not in policy and "<script>" not in page.text
+        assert page.headers["x-content-type-options"] == "nosniff"
         assert (
             await http.get("/", headers={"If-None-Match": page.headers["etag"]})
         ).status_code == 304
@@ -83,7 +88,10 @@ async def test_a_buyer_checks_out_and_buys_on_the_page(
         wait = WebDriverWait(browser, SEEN_WITHIN_S, ignored_exceptions=REDRAWN)
         browser.get(server.base_url + "/")
         browser.find_element(By.ID, "user").send_keys("alice", Keys.TAB)
-        wait.until(lambda d: "available" in item_class(d, 5))
+        try:
+            wait.until(lambda d: "available" in item_class(d, 5))
+        finally:
+            console.extend(browser.get_log("browser"))
         assert "held" in item_class(browser, 2)
         before = remaining(browser)
         wait.until(lambda d: click(d, '#grid .item[data-item="5"]'))
@@ -94,9 +102,15 @@ async def test_a_buyer_checks_out_and_buys_on_the_page(
         wait.until(lambda d: remaining(d) == before - 1)
         wait.until(lambda d: "item 5" in d.find_element(By.ID, "purchases").text)
         browser.save_screenshot(str(tmp_path / "page.png"))
+        console.extend(browser.get_log("browser"))
         return str(code)
 
+    console: list[dict[str, Any]] = []
     code = await asyncio.to_thread(buy_item_5)
+    # No error: nothing refused by the page's policy (no inline script, nothing from
+    # elsewhere), no script error. (The icon the browser asks for by itself is not the page's.)
+    errors = [e for e in console if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
+    assert errors == []
     row = await db.fetchrow("SELECT user_id, item_id FROM purchases WHERE code = $1", code)
     assert row is not None and tuple(row) == ("alice", 5)
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -10,6 +10,7 @@ from notsale.api import params
 from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import CheckoutBody
 from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
+from notsale.api.shared import first_sale
 from notsale.catalog import image_url, item_name
 from notsale.clock import (
     CLOCK_SKEW_MS,
@@ -92,6 +93,8 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
             # long closed is logged in the running sale's outbox: its own may be gone).
             if surely_not_started(sale_id, services.settings.sale_seconds):
                 raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale has not started yet.")
+            if sale_id < await first_sale(services):
+                raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale never ran here.")
             named = sale_id
             if sale_window(named, services.settings).closes_ms + CLOCK_SKEW_MS <= now_ms():
                 raise NotsaleError(ErrorCode.SALE_CLOSED)

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Annotated
 
 from litestar import Controller, Response, get
+from litestar.params import HeaderParameter
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 
 from notsale import metrics
+from notsale.api.errors import error_responses
 from notsale.api.shared import PROBE_TIMEOUT_S, counts, sale_body
 from notsale.clock import current_sale
 from notsale.connections import REDIS_DOWN
-from notsale.errors import NotsaleError
+from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import Services, ServicesDep
 from notsale.store.pool import PG_DOWN
+
+
+def admitted(token: str, authorization: str) -> None:
+    """Nothing to check without a token; else the bearer token must be it (compared in
+    constant time: how much of it matched does not show in the answer's timing)."""
+    if token and not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+        raise NotsaleError(ErrorCode.UNAUTHENTICATED)
 
 
 async def from_redis(services: Services) -> list[GaugeMetricFamily]:
@@ -29,8 +40,18 @@ class MetricsController(Controller):
     path = "/metrics"
     tags = ("ops",)
 
-    @get(summary="Prometheus metrics of all workers", media_type=CONTENT_TYPE_LATEST)
-    async def metrics(self, services: ServicesDep) -> Response[bytes]:
+    @get(
+        summary="Prometheus metrics of all workers",
+        description="With NOTSALE_ADMIN_TOKEN set, only for `Authorization: Bearer <token>`.",
+        media_type=CONTENT_TYPE_LATEST,
+        responses=error_responses(ErrorCode.UNAUTHENTICATED),
+    )
+    async def metrics(
+        self,
+        services: ServicesDep,
+        authorization: Annotated[str, HeaderParameter(name="Authorization")] = "",
+    ) -> Response[bytes]:
+        admitted(services.settings.admin_token, authorization)
         # Metrics matter most when a store is down: without Redis (or PostgreSQL, which
         # answers for a sale Redis does not hold), the rest is still served.
         try:

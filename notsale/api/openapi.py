@@ -27,7 +27,8 @@ from litestar.routes import ASGIRoute
 
 from notsale.api.errors import error_groups
 from notsale.api.models import Body, ErrorBody
-from notsale.api.params import INT64_MAX, INT64_MIN, PAGE_MAX, USER_ID
+from notsale.api.params import INT64_MAX, PAGE_MAX, USER_ID
+from notsale.api.params import INTEGER as CANONICAL
 from notsale.engine.codes import CODE_PATTERN
 from notsale.errors import ErrorCode
 
@@ -36,8 +37,9 @@ USER = Schema(type=OpenAPIType.STRING, pattern=f"^{USER_ID.pattern}$", min_lengt
 INTEGER = Schema(
     type=OpenAPIType.INTEGER,
     format="int64",  # type: ignore[arg-type]
-    minimum=INT64_MIN,
+    minimum=0,
     maximum=INT64_MAX,
+    description=f"canonical decimal: ^({CANONICAL.pattern})$",
 )
 CODE = Schema(type=OpenAPIType.STRING, pattern=f"^{CODE_PATTERN.pattern}$", min_length=1)
 

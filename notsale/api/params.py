@@ -9,11 +9,12 @@ from litestar.datastructures import MultiDict
 from notsale.errors import ErrorCode, NotsaleError
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
-# Any integer that fits in 64 bits (sign allowed); longer digit strings are refused unparsed.
-INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Canonical decimal: no sign, no leading zero (so every id has one spelling, and one URL),
+# up to 2^63 - 1; longer digit strings are refused unparsed.
+INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
+INT64_MAX = 2**63 - 1
 # Items in one page of GET /sales/{sale_id}/items at most.
-PAGE_MAX = 500
+PAGE_MAX = 100
 
 
 def invalid(detail: str) -> NotsaleError:
@@ -38,9 +39,12 @@ def user_id(raw: str) -> str:
 def integer(raw: str, name: str) -> int:
     if INTEGER.fullmatch(raw):
         value = int(raw)
-        if INT64_MIN <= value <= INT64_MAX:
+        if value <= INT64_MAX:
             return value
-    raise invalid(f"`{name}` must be a 64-bit integer.")
+    raise invalid(
+        f"`{name}` must be an integer in canonical decimal (no sign, no leading zero),"
+        " at most 2^63 - 1."
+    )
 
 
 def item_id(raw: str, sale_size: int, name: str = "id") -> int:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import contextlib
 
+import msgspec
 from litestar import Controller, asgi
 from litestar.types import Receive, Scope, Send
 
 from notsale.api import params
-from notsale.api.hot import post_query, send_body, send_refusal
+from notsale.api.hot import post_query, read_body, send_body, send_refusal
 from notsale.api.models import PurchaseBody
 from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
-from notsale.api.shared import purchase_body
-from notsale.clock import surely_not_started
+from notsale.api.shared import first_sale, purchase_body
+from notsale.clock import (
+    CLOCK_SKEW_MS,
+    KEEP_AFTER_SALE_MS,
+    now_ms,
+    sale_window,
+    surely_not_started,
+)
+from notsale.config import Settings
 from notsale.connections import REDIS_DOWN
 from notsale.engine.codes import CODE_PATTERN, code_sale
+from notsale.engine.sale import PurchaseDecision
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import services_of
 from notsale.store import queries
@@ -35,17 +44,55 @@ PURCHASE_DOC = HotRouteDoc(
 )
 
 
+def redis_forgot(sale_id: int, settings: Settings) -> bool:
+    """True once the sale's keys expired from Redis on every clock (KEEP_AFTER_SALE_MS
+    after its close; sooner if it sold out early, and then Redis says so itself)."""
+    closes_ms = sale_window(sale_id, settings).closes_ms
+    return closes_ms + KEEP_AFTER_SALE_MS + CLOCK_SKEW_MS < now_ms()
+
+
+class CodeBody(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+
+
+CODE_BODY = msgspec.json.Decoder(CodeBody)
+
+
+async def code_of(scope: Scope, receive: Receive) -> str:
+    """The code, from the query or from a JSON body `{"code": "…"}` (which proxies that log
+    URLs never see); given both ways, or neither, it is refused."""
+    query = post_query(scope)
+    body = await read_body(receive)
+    if not body.strip():
+        return params.single(query, "code")
+    if "code" in query:
+        raise params.invalid("Give the code once: in the query or in the body, not both.")
+    try:
+        return CODE_BODY.decode(body).code
+    except msgspec.DecodeError:
+        raise params.invalid('The body must be JSON: {"code": "<the code>"}.') from None
+
+
 async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
     """POST /purchase, a hot route (see notsale.api.hot)."""
-    raw = params.single(post_query(scope), "code")
+    raw = await code_of(scope, receive)
     services = services_of(scope)
     if not CODE_PATTERN.fullmatch(raw):
         raise params.invalid("`code` must be 1 to 64 characters of A-Z a-z 0-9 _ -.")
     sale_id = code_sale(raw)
     # A code of a sale this worker's clock has not started yet too: it may be behind Redis'.
-    if sale_id is None or surely_not_started(sale_id, services.settings.sale_seconds):
+    if (
+        sale_id is None
+        or surely_not_started(sale_id, services.settings.sale_seconds)
+        or sale_id < await first_sale(services)
+    ):
         raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
-    decision = await services.engine.purchase(sale_id, raw)
+    if redis_forgot(sale_id, services.settings):
+        # Its keys are gone from Redis: only PostgreSQL knows (and nothing is asked of Redis,
+        # so made-up codes of old sales cost it nothing).
+        decision = PurchaseDecision(ErrorCode.CODE_NOT_FOUND)
+    else:
+        decision = await services.engine.purchase(sale_id, raw)
     if decision.outcome is None:
         row = PurchaseRow(
             sale_id,

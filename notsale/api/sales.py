@@ -19,7 +19,7 @@ from notsale.api import params
 from notsale.api.errors import error_responses
 from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
 from notsale.api.params import PAGE_MAX
-from notsale.api.shared import counts, sale_body, started_sale
+from notsale.api.shared import counts, first_sale, sale_body, started_sale
 from notsale.catalog import image_url, item_name, item_svg
 from notsale.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
 from notsale.errors import ErrorCode
@@ -31,6 +31,8 @@ ITEM_ERRORS = error_responses(ErrorCode.ITEM_NOT_FOUND)
 PAGE_DEFAULT = 100
 # Pictures never change for a given (sale, item, PICTURE_VERSION).
 IMMUTABLE = "public, max-age=31536000, immutable"
+# A picture opened on its own runs nothing and loads nothing (its style is inline).
+PICTURE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 async def statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
@@ -44,7 +46,8 @@ async def statuses(services: Services, sale_id: int, first: int, count: int) -> 
 
 async def open_sales(services: Services) -> SalesBody:
     s = services.settings
-    sale_ids = list(unclosed_sales(s))
+    first = await first_sale(services)
+    sale_ids = [sale for sale in unclosed_sales(s) if sale >= first]
     # Of up to a week of hourly sales, Redis holds those that saw a checkout: one call for
     # which, one per such sale, and one PostgreSQL query for the rest.
     in_redis = {*await services.engine.registered(), *sale_ids[:1]}
@@ -90,7 +93,7 @@ class SalesController(Controller):
             str | None, Parameter(description=f"1..{PAGE_MAX}, default {PAGE_DEFAULT}")
         ] = None,
     ) -> ItemsBody:
-        sale = started_sale(sale_id, services)
+        sale = await started_sale(sale_id, services)
         query = request.query_params
         size = services.settings.sale_size
         first = params.item_id(params.single(query, "from"), size, "from") if "from" in query else 1
@@ -117,7 +120,7 @@ class SalesController(Controller):
     async def item(
         self, services: ServicesDep, sale_id: FromPath[str], item_id: FromPath[str]
     ) -> ItemBody:
-        sale = started_sale(sale_id, services)
+        sale = await started_sale(sale_id, services)
         item = params.item_id(item_id, services.settings.sale_size)
         [status] = await statuses(services, sale, item, 1)
         return ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
@@ -135,10 +138,14 @@ class SalesController(Controller):
         sale_id: FromPath[str],
         item_id: FromPath[str],
     ) -> Response[str]:
-        sale = started_sale(sale_id, services)
+        sale = await started_sale(sale_id, services)
         item = params.item_id(item_id, services.settings.sale_size)
         etag = f'"{PICTURE_VERSION}-{sale}-{item}"'
-        headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+        headers = {
+            "ETag": etag,
+            "Cache-Control": IMMUTABLE,
+            "Content-Security-Policy": PICTURE_POLICY,
+        }
         if request.headers.get("if-none-match") == etag:
             return Response("", status_code=304, headers=headers, media_type="image/svg+xml")
         return Response(item_svg(sale, item), media_type="image/svg+xml", headers=headers)

@@ -13,17 +13,38 @@ from notsale.clock import current_sale, rfc3339, sale_window
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import Services
 from notsale.store import queries
+from notsale.store.pool import PG_DOWN
 from notsale.store.rows import PurchaseRow
 
 # A health check answers within about this long, whatever state the stores are in.
 PROBE_TIMEOUT_S = 1.0
 
 
-def started_sale(raw: str, services: Services) -> int:
-    """A sale id from a path or query, refused when that sale has not started yet."""
+async def first_sale(services: Services) -> int:
+    """The first sale this deployment ran: sales before it never ran here (no phantom sales
+    with generated items and pictures). Asked of PostgreSQL once per worker; while it cannot
+    answer, no sale is refused for it (0)."""
+    if services.first_run_ms is None:
+        try:
+            services.first_run_ms = await queries.first_run_ms(services.reads)
+        except PG_DOWN:
+            return 0
+    return current_sale(services.settings.sale_seconds, services.first_run_ms)
+
+
+async def ran_here(sale_id: int, services: Services) -> bool:
+    """Whether the sale started, and not before this deployment's first sale."""
+    return await first_sale(services) <= sale_id <= current_sale(services.settings.sale_seconds)
+
+
+async def started_sale(raw: str, services: Services) -> int:
+    """A sale id from a path or query, refused when that sale has not started yet or never
+    ran here."""
     sale_id = params.integer(raw, "sale_id")
-    if sale_id > current_sale(services.settings.sale_seconds):
-        raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale has not started yet.")
+    if not await ran_here(sale_id, services):
+        raise NotsaleError(
+            ErrorCode.ITEM_NOT_FOUND, "That sale has not started, or never ran here."
+        )
     return sale_id
 
 

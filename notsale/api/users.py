@@ -25,6 +25,8 @@ class UsersController(Controller):
         "/{user_id:str}/purchases",
         summary="A user's purchases in one sale",
         responses=error_responses(ErrorCode.ITEM_NOT_FOUND),
+        # Someone's purchases: never kept by a shared cache, nor by the browser.
+        response_headers={"Cache-Control": "private, no-store"},
     )
     async def purchases(
         self,
@@ -36,7 +38,7 @@ class UsersController(Controller):
         user = params.user_id(user_id)
         query = request.query_params
         sale = (
-            started_sale(params.single(query, "sale_id"), services)
+            await started_sale(params.single(query, "sale_id"), services)
             if "sale_id" in query
             else current_sale(services.settings.sale_seconds)
         )

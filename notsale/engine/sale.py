@@ -95,15 +95,20 @@ class SaleEngine:
         head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
         return [*head, s.outbox_max]
 
-    async def send_ops(self, sale_id: int, ops: list[Any]) -> list[Any]:
-        """One sale.lua run carrying a batch of operations (see batch.py)."""
+    async def register(self, sale_id: int) -> None:
+        """Before a sale's first entry from this worker: the flushers find every outbox in
+        the registry. Only checkouts (of an open sale, or the running one's log) register a
+        sale; a purchase needs a hold, whose checkout registered its sale. So no request can
+        make the flushers read a sale nobody checked out in."""
         if sale_id not in self._registered:
-            # Before the sale's first entry: the flushers find every outbox in the registry.
             try:
                 await self.redis.sadd(OUTBOX_REGISTRY, [str(sale_id)])
             except REDIS_DOWN as exc:
                 raise Unavailable(Failed.REDIS) from exc
             self._registered.add(sale_id)
+
+    async def send_ops(self, sale_id: int, ops: list[Any]) -> list[Any]:
+        """One sale.lua run carrying a batch of operations (see batch.py)."""
         started = time.perf_counter()
         replies = await self._run(self.sale_script, sale_keys(sale_id), [*self.head(sale_id), *ops])
         metrics.batch(len(replies), time.perf_counter() - started)
@@ -125,6 +130,7 @@ class SaleEngine:
         if sale_id is None:
             sale_id = current_sale(self.settings.sale_seconds)
         for _ in range(CHECKOUT_TRIES):
+            await self.register(sale_id)
             code = new_code(sale_id)
             op = ["c", request_id, item_id, user_id, code, named]
             reply = await self._batcher.submit(sale_id, op)
@@ -155,6 +161,7 @@ class SaleEngine:
 
     async def log(self, sale_id: int, entry: bytes) -> bool:
         """Append an entry to the sale's outbox; False when the outbox is full."""
+        await self.register(sale_id)
         reply = await self._batcher.submit(sale_id, ["r", entry])
         return bool(reply[0] == "ok")
 

@@ -27,7 +27,7 @@ import coredis
 import msgspec
 from coredis.tokens import PureToken
 
-from notsale import metrics
+from notsale import metrics, outbox
 from notsale.clock import KEEP_AFTER_SALE_MS, now_ms, sale_window
 from notsale.config import Settings
 from notsale.connections import REDIS_DOWN, Client
@@ -135,7 +135,11 @@ class Reconciler:
         await self._redis.delete([sale_keys(sale_id).ready])
 
     async def drain(self, sale_id: int) -> int:
-        """Write every entry still in the sale's outbox, whoever's it was. Returns how many."""
+        """Write every entry still in the sale's outbox, whoever's it was. Returns how many.
+        A sale without an outbox has nothing to write, and is not given one (nor a place in
+        the registry: a made-up code of an old sale must not make the flushers read it)."""
+        if not await self._redis.exists([outbox.stream(sale_id)]):
+            return 0
         flusher = Flusher(
             self._redis, self._pool, self._settings, sale_ids=[sale_id], claim_idle_ms=0
         )

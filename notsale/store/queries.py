@@ -51,3 +51,9 @@ async def sold_counts(pool: asyncpg.Pool, sale_ids: list[int]) -> dict[int, int]
     """Items sold in each of these sales (absent: none)."""
     query = "SELECT sale_id, count(*) FROM purchases WHERE sale_id = ANY($1) GROUP BY sale_id"
     return {r["sale_id"]: r["count"] for r in await fetch(pool, query, sale_ids)}
+
+
+async def first_run_ms(pool: asyncpg.Pool) -> int:
+    """When this deployment first ran (sql/005), in Unix milliseconds."""
+    [row] = await fetch(pool, "SELECT first_at FROM deployment")
+    return int(row["first_at"].timestamp() * 1000)

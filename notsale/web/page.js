@@ -1,0 +1,134 @@
+"use strict";
+// The buyers' page: only the public routes of docs/api.md. It polls the open sales and the
+// shown grid page every POLL_MS; the service keeps both answers for a second per worker.
+const POLL_MS = 2000, PAGE = 60, CARDS = 4;
+const state = { sale: null, sales: [], from: 1, hold: null };
+const $ = (id) => document.getElementById(id);
+const user = $("user");
+user.value = localStorage.getItem("notsale.user") || "";
+
+function el(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props || {});
+  node.append(...children);
+  return node;
+}
+
+async function call(method, path, query, json) {
+  const url = path + (query ? "?" + new URLSearchParams(query) : "");
+  const sent = json ? { method, body: JSON.stringify(json), headers: { "Content-Type": "application/json" } } : { method };
+  const response = await fetch(url, sent);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+
+function say(text) { $("message").textContent = text || ""; }
+
+async function loadSales() {
+  const { sales } = await call("GET", "/sales");
+  state.sales = sales;
+  if (!sales.some((s) => s.sale_id === state.sale)) {
+    state.sale = sales.length ? sales[0].sale_id : null;
+    state.from = 1;
+  }
+  // The newest few as cards (and the chosen one), every open sale in the list beside them.
+  const shown = sales.filter((s, i) => i < CARDS || s.sale_id === state.sale);
+  const more = el("select", { id: "more", title: "every open sale" },
+    ...sales.map((s) => el("option", { value: s.sale_id, selected: s.sale_id === state.sale,
+      textContent: `sale ${s.sale_id}: ${s.remaining} left` })));
+  more.onchange = () => { state.sale = Number(more.value); state.from = 1; refresh(); };
+  $("sales").replaceChildren(...shown.map((s) => {
+    const card = el("div", { className: "sale" + (s.sale_id === state.sale ? " chosen" : "") },
+      el("small", { textContent: `sale ${s.sale_id}` + (s === sales[0] ? " (running)" : "") }),
+      el("b", { className: "remaining", textContent: s.remaining }), ` of ${s.size} left`,
+      el("small", { textContent: `${s.sold} sold, ${s.held} held; closes ${new Date(s.closes_at).toLocaleString()}` }));
+    card.dataset.sale = s.sale_id;
+    card.onclick = () => { state.sale = s.sale_id; state.from = 1; refresh(); };
+    return card;
+  }), more);
+}
+
+async function loadGrid() {
+  const sale = state.sales.find((s) => s.sale_id === state.sale);
+  if (!sale) { $("grid").replaceChildren(); return; }
+  const page = await call("GET", `/sales/${sale.sale_id}/items`, { from: state.from, count: PAGE });
+  const last = Math.min(state.from + PAGE - 1, sale.size);
+  $("range").textContent = `items ${state.from}–${last} of ${sale.size}`;
+  $("prev").disabled = state.from === 1;
+  $("next").disabled = last >= sale.size;
+  $("grid").replaceChildren(...page.items.map((item) => {
+    const tile = el("div", { className: "item " + item.status, title: item.name },
+      el("img", { src: item.image_url, alt: item.name, loading: "lazy" }),
+      el("div", { className: "name", textContent: item.name }),
+      el("div", { className: "status", textContent: item.status }));
+    tile.dataset.item = item.item_id;
+    if (item.status !== "sold") tile.onclick = () => checkout(item);
+    return tile;
+  }));
+}
+
+async function loadPurchases() {
+  const who = user.value.trim();
+  if (!who || state.sale === null) return;
+  const { purchases } = await call("GET", `/users/${encodeURIComponent(who)}/purchases`, { sale_id: state.sale });
+  $("purchases").replaceChildren(el("h2", { textContent: "Your purchases" }),
+    purchases.length
+      ? el("ul", {}, ...purchases.map((p) => el("li", { textContent: `${p.name} (item ${p.item_id})` })))
+      : el("p", { textContent: "None yet in this sale." }));
+}
+
+async function checkout(item) {
+  const who = user.value.trim();
+  if (!who) { say("Type a user id first."); user.focus(); return; }
+  say("");
+  try {
+    const hold = await call("POST", "/checkout", { user_id: who, id: item.item_id, sale_id: state.sale });
+    state.hold = hold;
+    showHold();
+    refresh();
+  } catch (error) { say(error.message); }
+}
+
+function showHold() {
+  const hold = state.hold;
+  if (!hold) return;
+  const buy = el("button", { id: "buy", textContent: "Buy" });
+  buy.onclick = async () => {
+    buy.disabled = true;
+    try {
+      const bought = await call("POST", "/purchase", null, { code: hold.code });  // not in the URL: proxies log URLs
+      state.hold = null;
+      $("hold").replaceChildren(el("h2", { textContent: "Bought" }), el("p", { textContent: bought.name }));
+      refresh();
+    } catch (error) { say(error.message); buy.disabled = false; }
+  };
+  $("hold").replaceChildren(el("h2", { textContent: "Your hold" }),
+    el("img", { src: hold.image_url, alt: hold.name }),
+    el("p", {}, el("b", { textContent: hold.name }), el("br"), `item ${hold.item_id} of sale ${hold.sale_id}`),
+    el("p", {}, "code ", el("code", { id: "code", textContent: hold.code })),
+    el("p", {}, "expires in ", el("b", { id: "countdown" })), buy);
+  tick();
+}
+
+function tick() {
+  $("clock").textContent = new Date().toLocaleTimeString();
+  const left = state.hold && $("countdown");
+  if (!left) return;
+  const seconds = Math.max(0, Math.round((new Date(state.hold.expires_at) - Date.now()) / 1000));
+  left.textContent = `${seconds} s`;
+  if (seconds === 0) { state.hold = null; $("hold").replaceChildren(el("h2", { textContent: "Hold expired" })); }
+}
+
+async function refresh() {
+  try {
+    await loadSales();
+    await Promise.all([loadGrid(), loadPurchases()]);
+  } catch (error) { say(error.message); }
+}
+
+user.onchange = () => { localStorage.setItem("notsale.user", user.value.trim()); refresh(); };
+$("prev").onclick = () => { state.from = Math.max(1, state.from - PAGE); refresh(); };
+$("next").onclick = () => { state.from += PAGE; refresh(); };
+refresh();
+setInterval(refresh, POLL_MS);
+setInterval(tick, 1000);

@@ -1,0 +1,198 @@
+"""The contract's "Hardening": what a stranger may read, send and cost (docs/api.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from notsale.app import create_app
+from notsale.clock import current_sale
+from notsale.config import Settings
+from notsale.connections import connect
+from notsale.keys import OUTBOX_REGISTRY
+from tests.support import (
+    DEPLOYED_DAYS_AGO,
+    Client,
+    Stores,
+    assert_error,
+    attempt_outcomes,
+    backdate_deployment,
+    checkout,
+    purchase,
+)
+
+# `notsale serve` closes a connection that sent no complete request within this long.
+SILENT_CLOSED_S = 10.0
+
+
+async def test_every_answer_says_nosniff(client: Client) -> None:
+    code = (await checkout(client, "alice", 1)).json()["code"]
+    sale = current_sale(3600)
+    answers = [
+        await checkout(client, "bob", 2),  # a hot route's 200
+        await checkout(client, "bob", 1),  # its refusal
+        await checkout(client, "bob", "x"),  # its raised error
+        await purchase(client, code),
+        await client.get("/sales/current"),
+        await client.get(f"/sales/{sale}/items/1/image.svg"),
+        await client.get("/"),
+        await client.get("/no-such-route"),
+        await client.delete("/checkout"),
+        await client.get("/schema/openapi.json"),
+    ]
+    assert [a.headers.get("x-content-type-options") for a in answers] == ["nosniff"] * 10
+
+
+async def test_a_picture_runs_nothing_and_loads_nothing(client: Client) -> None:
+    picture = await client.get(f"/sales/{current_sale(3600)}/items/1/image.svg")
+    policy = picture.headers["content-security-policy"]
+    assert policy == "default-src 'none'; style-src 'unsafe-inline'"
+
+
+async def test_a_users_purchases_are_never_cached(client: Client) -> None:
+    mine = await client.get("/users/alice/purchases")
+    assert mine.status_code == 200
+    assert mine.headers["cache-control"] == "private, no-store"
+
+
+async def test_the_admin_token_guards_metrics(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    async with AsyncTestClient(app=create_app(make_settings(admin_token="s3cret"))) as client:
+        assert_error(await client.get("/metrics"), 401, "unauthenticated")
+        wrong = {"Authorization": "Bearer s3cre"}
+        assert_error(await client.get("/metrics", headers=wrong), 401, "unauthenticated")
+        right = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200 and "notsale_requests_total" in right.text
+    async with AsyncTestClient(app=create_app(make_settings())) as client:
+        assert (await client.get("/metrics")).status_code == 200  # no token: open
+
+
+@pytest.mark.parametrize("spelled", ["07", "+7", "-7", "00", "7.0", " 7"])
+async def test_ids_have_one_spelling(client: Client, db: asyncpg.Connection, spelled: str) -> None:
+    """Canonical decimal only, on every route: one id, one URL (a cache keyed by URL
+    cannot be made to miss by spelling an id another way)."""
+    sale = current_sale(3600)
+    query = {"user_id": "u", "id": spelled}
+    assert_error(await client.post("/checkout", params=query), 400, "invalid_request")
+    query = {"user_id": "u", "id": "7", "sale_id": spelled}
+    assert_error(await client.post("/checkout", params=query), 400, "invalid_request")
+    for path in (
+        f"/sales/{spelled}/items/7",
+        f"/sales/{sale}/items/{spelled}",
+        f"/sales/{sale}/items/{spelled}/image.svg",
+    ):
+        assert_error(await client.get(path), 400, "invalid_request")
+    for query in ({"from": spelled}, {"count": spelled}):
+        assert_error(await client.get(f"/sales/{sale}/items", params=query), 400, "invalid_request")
+    assert await attempt_outcomes(db, 2) == ["invalid_request"] * 2
+
+
+async def test_an_items_page_holds_at_most_100_items(client: Client) -> None:
+    sale = current_sale(3600)
+    page = await client.get(f"/sales/{sale}/items", params={"from": "1", "count": "100"})
+    assert page.status_code == 200  # the test sale has 20 items: all of them
+    too_many = await client.get(f"/sales/{sale}/items", params={"count": "101"})
+    assert_error(too_many, 400, "invalid_request")
+
+
+async def test_the_purchase_code_may_come_in_a_json_body(client: Client) -> None:
+    code = (await checkout(client, "alice", 1)).json()["code"]
+    bought = await client.post("/purchase", json={"code": code})
+    assert bought.status_code == 200 and bought.json()["item_id"] == 1
+    assert (await client.post("/purchase", json={"code": code})).json() == bought.json()
+    assert (await purchase(client, code)).json() == bought.json()  # the query: the same
+    for body in (
+        b'{"code": 1}',
+        b'{"code": "x", "more": 1}',
+        b"not json",
+        b'{"code": "' + b"a" * 2000 + b'"}',
+    ):
+        answer = await client.post("/purchase", content=body)
+        assert_error(answer, 400, "invalid_request")
+    both = await client.post("/purchase", params={"code": code}, json={"code": code})
+    assert_error(both, 400, "invalid_request")
+
+
+@pytest.fixture
+async def deployed_now(stores: Stores) -> AsyncIterator[None]:
+    """This deployment first ran now: every earlier sale never ran here."""
+    await backdate_deployment(stores.database_url, 0)
+    yield
+    await backdate_deployment(stores.database_url, DEPLOYED_DAYS_AGO)
+
+
+async def test_sales_before_the_first_one_never_ran_here(
+    deployed_now: None, client: Client, db: asyncpg.Connection, settings: Settings
+) -> None:
+    running = current_sale(settings.sale_seconds)
+    older = running - 1
+    listed = [s["sale_id"] for s in (await client.get("/sales")).json()["sales"]]
+    assert listed == [running]
+    for path in (
+        f"/sales/{older}/items",
+        f"/sales/{older}/items/1",
+        f"/sales/{older}/items/1/image.svg",
+    ):
+        assert_error(await client.get(path), 404, "item_not_found")
+    other = await client.get("/users/alice/purchases", params={"sale_id": str(older)})
+    assert_error(other, 404, "item_not_found")
+    named = {"user_id": "u", "id": "1", "sale_id": str(older)}
+    assert_error(await client.post("/checkout", params=named), 404, "item_not_found")
+    assert await attempt_outcomes(db, 1) == ["item_not_found"]
+    assert_error(await purchase(client, "A" * 22 + str(older)), 404, "code_not_found")
+    assert (await client.get(f"/sales/{running}/items/1")).status_code == 200
+
+
+async def registry(settings: Settings) -> set[str]:
+    async with connect(settings.redis_url) as redis:
+        return set(await redis.smembers(OUTBOX_REGISTRY))
+
+
+async def test_made_up_codes_of_other_sales_never_reach_the_outbox_registry(
+    client: Client, settings: Settings
+) -> None:
+    """Only a checkout registers a sale (makes the flushers read its outbox): codes naming
+    older sales, open or long closed, cost the flushers nothing (finding 2)."""
+    assert (await checkout(client, "alice", 1)).status_code == 200
+    before = await registry(settings)
+    running = current_sale(settings.sale_seconds)
+    long_closed = running - (settings.sale_open_seconds // settings.sale_seconds) - 48
+    made_up = (running - 2, running - 3, long_closed, long_closed - 1)
+    for sale in made_up:
+        assert_error(await purchase(client, "A" * 22 + str(sale)), 404, "code_not_found")
+    assert await registry(settings) == before
+    assert not before & {str(sale) for sale in made_up}
+
+
+def silent_for(port: int, sent: bytes) -> float:
+    """Seconds until the server closes a connection that sent `sent`, then nothing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3 * SILENT_CLOSED_S) as sock:
+        started = time.monotonic()
+        sock.sendall(sent)
+        while sock.recv(4096):
+            pass
+        return time.monotonic() - started
+
+
+async def test_a_silent_connection_is_closed_after_10_seconds(
+    serve: Callable[..., Any], db: asyncpg.Connection
+) -> None:
+    server = await serve(workers=1)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    silent, half_sent, http2 = await asyncio.gather(
+        asyncio.to_thread(silent_for, port, b""),
+        asyncio.to_thread(silent_for, port, b"GET /health HTTP/1.1\r\nHost: x\r\n"),
+        # Cleartext HTTP/2 is no client's: refused at once, or closed like any silence.
+        asyncio.to_thread(silent_for, port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    )
+    assert SILENT_CLOSED_S - 1 <= silent <= SILENT_CLOSED_S + 2
+    assert SILENT_CLOSED_S - 1 <= half_sent <= SILENT_CLOSED_S + 2
+    assert http2 <= SILENT_CLOSED_S + 2
