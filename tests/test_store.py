@@ -46,6 +46,30 @@ async def test_concurrent_migrations_create_the_database_and_apply_each_file_onc
         await drop_database(name)
 
 
+async def test_a_deployment_upgraded_first_ran_with_its_oldest_row() -> None:
+    """sql/005 on a database that already holds sales: they ran here (their purchases stay
+    readable), so the deployment's first run is its oldest row, not the upgrade."""
+    name = f"notsale_upgrade_{secrets.token_hex(4)}"
+    url = with_path(BASE.database_url, "/" + name)
+    try:
+        await migrate(with_path(BASE.database_url, "/" + name))  # every file, then undo 005
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "DROP TABLE deployment; DELETE FROM schema_migrations WHERE version = 5"
+            )
+            await conn.execute(
+                "INSERT INTO purchases VALUES ($1, $2, $3, $4, $5, $6)",
+                *msgspec.structs.astuple(PurchaseRow(7, 1, "u", "c0de", NOW, 1)),
+            )
+            assert await migrate(url) == ["005_deployment.sql"]
+            assert await conn.fetchval("SELECT first_at FROM deployment") == NOW
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(name)
+
+
 def test_migrate_against_an_unreachable_server_exits_with_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
