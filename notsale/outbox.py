@@ -20,9 +20,11 @@ from notsale.keys import sale_keys
 if TYPE_CHECKING:
     pass
 
-# Raw values of a rejected request are stored cut to these lengths (they can be anything).
-RAW_VALUE_CHARS = 128
-RAW_QUERY_CHARS = 1024
+# Raw values of a rejected request are stored cut to these lengths (they can be anything):
+# a valid user id has at most 64 characters and an item id 19 digits, and a query of the
+# contract about 110, so a junk flood stores at most about 0.5 KB an attempt.
+RAW_VALUE_CHARS = 64
+RAW_QUERY_CHARS = 256
 
 
 # Every entry of a sale's stream has one field, FIELD; the flushers read the streams as one

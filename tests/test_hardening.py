@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,6 +18,9 @@ from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.connections import connect
 from notsale.keys import OUTBOX_REGISTRY
+from notsale.recovery.watch import WATCH_EVERY_S
+from tests.faultproxy import in_front_of
+from tests.redisserver import RedisServer
 from tests.support import (
     DEPLOYED_DAYS_AGO,
     Client,
@@ -26,10 +30,13 @@ from tests.support import (
     backdate_deployment,
     checkout,
     purchase,
+    wait_for,
 )
 
 # `notsale serve` closes a connection that sent no complete request within this long.
 SILENT_CLOSED_S = 10.0
+# The private Redis of the junk flood: about 1 MB of it is Redis' own.
+MAXMEMORY = 2 * 1024 * 1024
 
 
 async def test_every_answer_says_nosniff(client: Client) -> None:
@@ -196,3 +203,82 @@ async def test_a_silent_connection_is_closed_after_10_seconds(
     assert SILENT_CLOSED_S - 1 <= silent <= SILENT_CLOSED_S + 2
     assert SILENT_CLOSED_S - 1 <= half_sent <= SILENT_CLOSED_S + 2
     assert http2 <= SILENT_CLOSED_S + 2
+
+
+async def test_a_junk_flood_while_postgres_is_away_never_fills_redis(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection, stores: Stores
+) -> None:
+    """Finding 4: malformed checkouts are stored short, and while PostgreSQL refuses them
+    Redis never reaches its maxmemory (it would then refuse every write, decisions too):
+    past MEMORY_HIGH, checkouts get 503 before anything is decided and rows wait in the
+    worker; once PostgreSQL is back, every attempt has its row."""
+    junk = {"user_id": "\x01" * 300, "id": "x" * 300, "pad": "y" * 3000}
+    sent = Counter[int]()
+    with (
+        RedisServer(
+            args=("--maxmemory", str(MAXMEMORY), "--maxmemory-policy", "noeviction")
+        ) as server,
+        in_front_of(stores.database_url, 5432) as (postgres, database_url),
+    ):
+        settings = make_settings(redis_url=server.url, database_url=database_url)
+        async with (
+            AsyncTestClient(app=create_app(settings)) as client,
+            connect(server.url) as redis,
+        ):
+            assert (await checkout(client, "ann", 1)).status_code == 200
+            postgres.refuse()
+            # A burst every 0.1 s: what Redis takes between two of the watch's measurements
+            # (WATCH_EVERY_S) stays within the margin MEMORY_HIGH leaves.
+            for _ in range(120):
+                answers = await asyncio.gather(
+                    *(client.post("/checkout", params=junk) for _ in range(50))
+                )
+                sent.update(a.status_code for a in answers)
+                sent[(await checkout(client, "bob", 2)).status_code] += 1
+                await asyncio.sleep(WATCH_EVERY_S / 5)
+            peak = int((await redis.info("memory"))["used_memory_peak"])
+            postgres.refuse(False)
+            total = sum(sent.values()) + 1
+
+            async def rows() -> int:
+                return int(await db.fetchval("SELECT count(*) FROM checkout_attempts"))
+
+            assert await wait_for(rows, total, timeout=30) == total
+    assert sent[400] == 6000
+    assert sent[503] > 0, "checkouts were never refused for Redis' memory"
+    assert peak < MAXMEMORY
+    assert await db.fetchval("SELECT max(length(raw_query)) FROM checkout_attempts") == 256
+    assert await db.fetchval("SELECT max(length(user_id)) FROM checkout_attempts") == 64
+
+
+async def test_item_pages_cost_redis_one_read_per_block_however_they_vary(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    """Finding 3: pages of every `from` and `count` are served from fixed blocks of 100
+    items, each read from Redis at most once a second: varying them misses nothing."""
+    settings = make_settings(sale_size=250)
+    sale = current_sale(settings.sale_seconds)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await checkout(client, "ann", 150)).status_code == 200
+        engine = client.app.state.services.engine
+        reads: list[tuple[Any, ...]] = []
+        read = engine.read
+
+        async def counted(*args: Any) -> Any:
+            reads.append(args)
+            return await read(*args)
+
+        engine.read = counted
+        pages = [(first, count) for first in (1, 37, 99, 101, 150, 201) for count in (1, 50, 100)]
+        answers = await asyncio.gather(
+            *(
+                client.get(f"/sales/{sale}/items", params={"from": str(f), "count": str(c)})
+                for f, c in pages
+            )
+        )
+    assert len(reads) == 3  # blocks 1-100, 101-200, 201-250: once each
+    for (first, count), answer in zip(pages, answers, strict=True):
+        items = answer.json()["items"]
+        assert [i["item_id"] for i in items] == list(range(first, min(first + count, 251)))
+        held = [i["item_id"] for i in items if i["status"] == "held"]
+        assert held == ([150] if first <= 150 < first + count else [])

@@ -9,6 +9,8 @@ worker: a page polling many times a second costs Redis once.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import msgspec
@@ -29,6 +31,9 @@ from notsale.store import queries
 
 ITEM_ERRORS = error_responses(ErrorCode.ITEM_NOT_FOUND)
 PAGE_DEFAULT = 100
+# Item statuses are read from Redis, and kept, by fixed blocks of this many (see
+# page_statuses); a page of at most PAGE_MAX items spans at most two.
+BLOCK = 100
 # Pictures never change for a given (sale, item, PICTURE_VERSION).
 IMMUTABLE = "public, max-age=31536000, immutable"
 # A picture opened on its own runs nothing and loads nothing (its style is inline).
@@ -42,6 +47,25 @@ async def statuses(services: Services, sale_id: int, first: int, count: int) -> 
             return [str(status) for status in found]
     sold = await queries.sold_items(services.reads, sale_id, first, count)
     return ["sold" if item in sold else "available" for item in range(first, first + count)]
+
+
+async def page_statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
+    """The statuses of items first..first+count-1, read by fixed blocks of BLOCK items, each
+    kept for a second: however a client varies `from` and `count`, a page costs Redis at
+    most two block reads a second, and a sale has at most SALE_SIZE / BLOCK blocks to keep."""
+    size = services.settings.sale_size
+    blocks = range((first - 1) // BLOCK, (first + count - 2) // BLOCK + 1)
+
+    def read(block: int) -> Awaitable[list[str]]:
+        start = block * BLOCK + 1
+        key = ("items", sale_id, block)
+        return services.recent.get(
+            key, lambda: statuses(services, sale_id, start, min(BLOCK, size - start + 1))
+        )
+
+    found = [status for block in await asyncio.gather(*map(read, blocks)) for status in block]
+    skip = first - 1 - blocks[0] * BLOCK
+    return found[skip : skip + count]
 
 
 async def open_sales(services: Services) -> SalesBody:
@@ -101,9 +125,7 @@ class SalesController(Controller):
         if "count" in query and not 1 <= wanted <= PAGE_MAX:
             raise params.invalid(f"`count` must be 1 to {PAGE_MAX}.")
         count_ = min(wanted or PAGE_DEFAULT, size - first + 1)
-        found = await services.recent.get(
-            ("items", sale, first, count_), lambda: statuses(services, sale, first, count_)
-        )
+        found = await page_statuses(services, sale, first, count_)
         return ItemsBody(
             sale,
             [

@@ -24,6 +24,17 @@ from notsale.keys import OUTBOX_REGISTRY, sale_keys
 
 SCRIPTS_DIR = Path(__file__).parent
 
+# Past this share of Redis' maxmemory, checkouts are refused before anything is decided
+# (503): a flood of junk while PostgreSQL is away fills the outbox with rows, and Redis would
+# otherwise refuse every write (OOM) once full, decisions included.
+MEMORY_HIGH = 0.9
+# Redis' memory, as the node holding a sale's keys sees it (on a cluster, its master).
+MEMORY = """
+local info = redis.call('INFO', 'memory')
+return {tonumber(string.match(info, 'used_memory:(%d+)')),
+        tonumber(string.match(info, 'maxmemory:(%d+)'))}
+"""
+
 # A checkout may meet a sale rollover and an unready sale before it is decided.
 CHECKOUT_TRIES = 3
 
@@ -63,14 +74,17 @@ class SaleEngine:
         self._lane = Lane.of(redis)
         self.sale_script = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
         self._read = redis.register_script((SCRIPTS_DIR / "read.lua").read_text())
+        self._memory = redis.register_script(MEMORY)
         self._batcher = Batcher(self.send_ops if through is None else through(self.send_ops))
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
         self._requests = itertools.count(1)
         self._registered: set[int] = set()  # sales whose outbox this worker has registered
-        # Entries waiting for PostgreSQL in every sale's outbox, as last counted (watch.py):
-        # past NOTSALE_OUTBOX_MAX in all, checkouts are refused before anything is decided.
+        # Entries waiting for PostgreSQL in every sale's outbox, and whether Redis is near its
+        # maxmemory, as last measured (watch.py): past NOTSALE_OUTBOX_MAX in all, or past
+        # MEMORY_HIGH, checkouts are refused before anything is decided.
         self.waiting = 0
+        self.memory_high = False
 
     def close(self) -> None:
         if self._lane is not None:
@@ -124,7 +138,7 @@ class SaleEngine:
         """An item of `sale_id` (default: the running sale, on Redis' clock). `request_id`
         keys the attempt's row (default: a new one)."""
         request_id = request_id or self.new_request_id()
-        if self.waiting >= self.settings.outbox_max:
+        if self.waiting >= self.settings.outbox_max or self.memory_high:
             raise Unavailable(Failed.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
         named = "0" if sale_id is None else "1"
         if sale_id is None:
@@ -160,7 +174,10 @@ class SaleEngine:
         return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
 
     async def log(self, sale_id: int, entry: bytes) -> bool:
-        """Append an entry to the sale's outbox; False when the outbox is full."""
+        """Append an entry to the sale's outbox; False when the outbox is full, or Redis
+        near its maxmemory (the row is then the caller's to keep)."""
+        if self.memory_high:
+            return False
         await self.register(sale_id)
         reply = await self._batcher.submit(sale_id, ["r", entry])
         return bool(reply[0] == "ok")
@@ -200,11 +217,15 @@ class SaleEngine:
 
     async def backlogs(self) -> dict[int, int]:
         """Entries waiting in each registered sale's outbox (written entries are deleted);
-        their sum is kept as `waiting`."""
+        their sum is kept as `waiting`, and whether the running sale's Redis nears its
+        maxmemory as `memory_high`."""
         sales = await self.registered()
+        running = sale_keys(current_sale(self.settings.sale_seconds)).outbox
         try:
             lengths = await asyncio.gather(*(self.redis.xlen(sale_keys(s).outbox) for s in sales))
+            used, most = await self._run(self._memory, [running], [])
         except REDIS_DOWN as exc:
             raise Unavailable(Failed.REDIS) from exc
         self.waiting = sum(lengths)
+        self.memory_high = most > 0 and used >= MEMORY_HIGH * most
         return dict(zip(sales, lengths, strict=True))
