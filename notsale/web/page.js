@@ -1,7 +1,11 @@
 "use strict";
 // The buyers' page: only the public routes of docs/api.md. It polls the open sales and the
 // shown grid page every POLL_MS; the service keeps both answers for a second per worker.
-const POLL_MS = 2000, PAGE = 60, CARDS = 4;
+// While nothing changes, polls back off (doubling up to POLL_MAX_MS); a change seen, or
+// anything the buyer does, polls at POLL_MS again. The buyer's purchases change only
+// through what the buyer does: they are read then, not at every poll.
+const POLL_MS = 2000, POLL_MAX_MS = 16000, PAGE = 60, CARDS = 4;
+let pollMs = POLL_MS, timer = null, seen = "";
 const state = { sale: null, sales: [], from: 1, hold: null };
 const $ = (id) => document.getElementById(id);
 const user = $("user");
@@ -46,6 +50,7 @@ async function loadSales() {
     card.onclick = () => { state.sale = s.sale_id; state.from = 1; refresh(); };
     return card;
   }), more);
+  return sales;
 }
 
 async function loadGrid() {
@@ -65,6 +70,7 @@ async function loadGrid() {
     if (item.status !== "sold") tile.onclick = () => checkout(item);
     return tile;
   }));
+  return page.items;
 }
 
 async function loadPurchases() {
@@ -119,16 +125,21 @@ function tick() {
   if (seconds === 0) { state.hold = null; $("hold").replaceChildren(el("h2", { textContent: "Hold expired" })); }
 }
 
-async function refresh() {
+async function refresh(byBuyer = true) {
+  clearTimeout(timer);
   try {
-    await loadSales();
-    await Promise.all([loadGrid(), loadPurchases()]);
-  } catch (error) { say(error.message); }
+    const sales = await loadSales();
+    const [items] = await Promise.all([loadGrid(), byBuyer ? loadPurchases() : null]);
+    const now = JSON.stringify([sales, items]);
+    pollMs = byBuyer || now !== seen ? POLL_MS : Math.min(2 * pollMs, POLL_MAX_MS);
+    seen = now;
+  } catch (error) { say(error.message); pollMs = POLL_MS; }
+  clearTimeout(timer);
+  timer = setTimeout(() => refresh(false), pollMs);
 }
 
 user.onchange = () => { localStorage.setItem("notsale.user", user.value.trim()); refresh(); };
 $("prev").onclick = () => { state.from = Math.max(1, state.from - PAGE); refresh(); };
 $("next").onclick = () => { state.from += PAGE; refresh(); };
 refresh();
-setInterval(refresh, POLL_MS);
 setInterval(tick, 1000);
