@@ -32,6 +32,7 @@ import pytest
 import redis.asyncio
 
 from bench.support import Runner, checkout_ops
+from notsale import outbox
 from notsale.clock import current_sale
 from notsale.engine.lane import Lane
 from notsale.keys import sale_keys
@@ -39,7 +40,7 @@ from notsale.keys import sale_keys
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ["coredis6", "coredis6-held-connection", "coredis5", "redis-py-hiredis", "notsale-lane"]
 ROUNDS = {1: 300, 100: 40}
-ENTRY = {"e": "x" * 200}  # about an outbox entry's size
+ENTRY = {outbox.FIELD: "x" * 200}  # about an outbox entry's size
 
 Call = Callable[[str, list[str], list[Any]], Awaitable[Any]]
 
