@@ -1,0 +1,180 @@
+"""What a stranger can cost the service: each finding of the hardening review, replayed.
+
+    python -m bench.attacks [--against REV]
+
+Serves this code (and, with `--against`, that git revision first, on a fresh database and
+Redis DB index of its own) and replays every attack of the review once, printing what each
+cost. Redis CPU is the server's own counter: run nothing else against it meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.run import PORT, checkout_of, fresh_stores, running
+from notsale.clock import current_sale
+from notsale.config import Settings
+from notsale.connections import connect
+from notsale.keys import OUTBOX_REGISTRY
+
+REQUESTS = 1000  # of each attack
+AT_ONCE = 50
+SILENT_WAIT_S = 15.0  # how long a silent connection is watched at most
+JUNK = {"user_id": "\x01" * 300, "id": "x" * 300, "pad": "y" * 3000}
+
+
+async def redis_cpu_s(redis: Any) -> float:
+    cpu = await redis.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+async def flood(http: httpx.AsyncClient, requests: list[tuple[str, str, Any]]) -> None:
+    """Send (method, path, params) requests, AT_ONCE at a time."""
+    for start in range(0, len(requests), AT_ONCE):
+        await asyncio.gather(
+            *(http.request(m, p, params=q) for m, p, q in requests[start : start + AT_ONCE])
+        )
+
+
+def silent_s(port: int) -> float:
+    """Seconds until the server closed a connection that sent nothing (at most SILENT_WAIT_S)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(SILENT_WAIT_S)
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            while sock.recv(4096):
+                pass
+        return time.monotonic() - started
+
+
+async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dict[str, str]:
+    sale = current_sale(Settings.from_env().sale_seconds)
+    rng = random.Random(1)
+    found: dict[str, str] = {}
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        connect(redis_url) as redis,
+    ):
+        mine = await http.get("/users/alice@example.com/purchases")
+        found["1. a buyer's purchases: Cache-Control"] = mine.headers.get("cache-control", "-")
+
+        before = await redis.scard(OUTBOX_REGISTRY)
+        codes = [("POST", "/purchase", {"code": "A" * 22 + str(sale - n)}) for n in range(REQUESTS)]
+        started = time.monotonic()
+        await flood(http, codes)
+        found["2. made-up codes of older sales: registry entries added"] = str(
+            await redis.scard(OUTBOX_REGISTRY) - before
+        )
+        found["2. ... and their time (s)"] = f"{time.monotonic() - started:.1f}"
+        scrape = time.monotonic()
+        await http.get("/metrics")
+        found["2. ... then one /metrics scrape (ms)"] = f"{(time.monotonic() - scrape) * 1000:.0f}"
+
+        pages = [
+            (
+                "GET",
+                f"/sales/{sale}/items",
+                {"from": rng.randint(1, 9900), "count": rng.randint(1, 100)},
+            )
+            for _ in range(REQUESTS)
+        ]
+        cpu = await redis_cpu_s(redis)
+        await flood(http, pages)
+        per_page_us = (await redis_cpu_s(redis) - cpu) / REQUESTS * 1e6
+        found["3. item pages, from and count varied: Redis CPU per page (µs)"] = (
+            f"{per_page_us:.0f}"
+        )
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM checkout_attempts")
+            size = await conn.fetchval("SELECT pg_total_relation_size('checkout_attempts')")
+            await flood(http, [("POST", "/checkout", JUNK)] * REQUESTS)
+            for _ in range(100):
+                if await conn.fetchval("SELECT count(*) FROM checkout_attempts") >= rows + REQUESTS:
+                    break
+                await asyncio.sleep(0.1)
+            grown = await conn.fetchval("SELECT pg_total_relation_size('checkout_attempts')")
+            stored = await conn.fetchval(
+                "SELECT avg(octet_length(user_id) + coalesce(octet_length(raw_query), 0))"
+                " FROM checkout_attempts WHERE outcome = 'invalid_request'"
+            )
+        finally:
+            await conn.close()
+        found["4. junk checkouts: raw bytes stored per attempt"] = f"{stored:.0f}"
+        found["4. ... table growth per attempt (bytes)"] = f"{(grown - size) / REQUESTS:.0f}"
+
+        silent = await asyncio.to_thread(silent_s, port)
+        found["5. a silent connection: closed after (s)"] = (
+            f"{silent:.1f}" if silent < SILENT_WAIT_S else f"still open at {SILENT_WAIT_S:.0f}"
+        )
+
+        listed = len((await http.get("/sales")).json()["sales"])
+        found["6. a fresh deployment: sales listed"] = str(listed)
+        found["6. ... GET /sales/0/items/1"] = str((await http.get("/sales/0/items/1")).status_code)
+        found["6. ... GET /sales/{sale}/items/007"] = str(
+            (await http.get(f"/sales/{sale}/items/007")).status_code
+        )
+
+        page = await http.get("/")
+        policy = page.headers.get("content-security-policy", "")
+        found["8. the page: inline script allowed"] = "yes" if "unsafe-inline" in policy else "no"
+        found["8. ... framing forbidden"] = "yes" if "frame-ancestors 'none'" in policy else "no"
+        found["8. ... nosniff"] = page.headers.get("x-content-type-options", "-")
+
+        held = await http.post("/checkout", params={"user_id": "bodyuser", "id": "1"})
+        body = await http.post("/purchase", json={"code": held.json()["code"]})
+        found["9. the code in a JSON body: purchase status"] = str(body.status_code)
+    return found
+
+
+def measure(code: Path | None) -> dict[str, str]:
+    base = Settings.from_env()
+    database_url, redis_url = fresh_stores(base)
+    env = {
+        **os.environ,
+        "NOTSALE_DATABASE_URL": database_url,
+        "NOTSALE_REDIS_URL": redis_url,
+        "NOTSALE_WORKERS": "2",
+        "NOTSALE_LOG_FORMAT": "json",
+        "NOTSALE_PORT": str(PORT),
+    }
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    url = f"http://127.0.0.1:{PORT}"
+    serve = [sys.executable, "-m", "notsale", "serve"]
+    with running(serve, env, f"{url}/health", cwd=code):
+        return asyncio.run(attacks(url, PORT, redis_url, database_url))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
+    parser.add_argument("--against", help="a git revision to attack first, for comparison")
+    args = parser.parse_args()
+    runs: dict[str, dict[str, str]] = {}
+    with contextlib.ExitStack() as stack:
+        if args.against:
+            runs[args.against] = measure(checkout_of(args.against, stack))
+        runs["this code"] = measure(None)
+    names = list(runs)
+    print("| attack | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for what in runs[names[-1]]:
+        print(f"| {what} | " + " | ".join(run.get(what, "-") for run in runs.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
