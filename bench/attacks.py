@@ -32,6 +32,7 @@ from notsale.keys import OUTBOX_REGISTRY
 REQUESTS = 1000  # of each attack
 AT_ONCE = 50
 SILENT_WAIT_S = 15.0  # how long a silent connection is watched at most
+HOLD_S = 2  # the holds of the attacked server: finding 7 lets one expire
 JUNK = {"user_id": "\x01" * 300, "id": "x" * 300, "pad": "y" * 3000}
 
 
@@ -128,6 +129,13 @@ async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dic
             (await http.get(f"/sales/{sale}/items/007")).status_code
         )
 
+        await http.post("/checkout", params={"user_id": "retaker", "id": "2"})
+        await asyncio.sleep(HOLD_S + 0.2)
+        retaken = await http.post("/checkout", params={"user_id": "retaker", "id": "2"})
+        found["7. a hold let expire, retaken at once by its user: status"] = str(
+            retaken.status_code
+        )
+
         page = await http.get("/")
         policy = page.headers.get("content-security-policy", "")
         found["8. the page: inline script allowed"] = "yes" if "unsafe-inline" in policy else "no"
@@ -150,6 +158,7 @@ def measure(code: Path | None) -> dict[str, str]:
         "NOTSALE_WORKERS": "2",
         "NOTSALE_LOG_FORMAT": "json",
         "NOTSALE_PORT": str(PORT),
+        "NOTSALE_HOLD_SECONDS": str(HOLD_S),
     }
     if code is not None:
         env["PYTHONPATH"] = str(code)

@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sale_size: int = 10_000
     user_limit: int = 10
     hold_seconds: int = 60
+    # A user who let a hold expire may not hold that item again for this long (0: at once).
+    cooldown_seconds: int = 10
     # A sale stays open, after the next one started, until sold out or this long after its
     # own start; GET /sales lists at most OPEN_SALES_MAX of them, hence the bound below.
     sale_open_seconds: int = 604_800
@@ -68,6 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if self.cooldown_seconds < 0:
+            raise SettingsError(f"{ENV_PREFIX}COOLDOWN_SECONDS must be at least 0")
         if self.port > 65535:
             raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")
         if self.sale_size > SALE_SIZE_MAX:

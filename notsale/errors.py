@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     ITEM_HELD = "item_held"
     CODE_EXPIRED = "code_expired"
     USER_LIMIT = "user_limit"
+    COOLDOWN = "cooldown"
     SALE_CLOSED = "sale_closed"
     UNAVAILABLE = "unavailable"
     UNAUTHENTICATED = "unauthenticated"
@@ -30,6 +31,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.ITEM_HELD: 409,
     ErrorCode.CODE_EXPIRED: 410,
     ErrorCode.USER_LIMIT: 429,
+    ErrorCode.COOLDOWN: 429,
     ErrorCode.SALE_CLOSED: 410,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNAUTHENTICATED: 401,
@@ -46,6 +48,10 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.CODE_EXPIRED: "The hold behind this code expired or its sale closed.",
     ErrorCode.USER_LIMIT: "You already hold or bought as many items as one user may in this sale.",
     ErrorCode.SALE_CLOSED: "That sale has closed: it sold out, or its open time is over.",
+    ErrorCode.COOLDOWN: (
+        "You let your hold on this item expire a moment ago; you may hold it again after"
+        " Retry-After seconds."
+    ),
     ErrorCode.UNAVAILABLE: (
         "A backing store cannot be reached or refused to write; the outcome is unknown. Retry:"
         " a purchase with the same code is safe to retry, and a checkout retried gets the same"

@@ -282,3 +282,28 @@ async def test_item_pages_cost_redis_one_read_per_block_however_they_vary(
         assert [i["item_id"] for i in items] == list(range(first, min(first + count, 251)))
         held = [i["item_id"] for i in items if i["status"] == "held"]
         assert held == ([150] if first <= 150 < first + count else [])
+
+
+async def test_a_hold_let_expire_cannot_be_retaken_at_once_by_its_user(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    """Finding 7's cooldown: the user who let a hold expire gets 429 `cooldown` (with
+    Retry-After) for that item for NOTSALE_COOLDOWN_SECONDS; anyone else may take it, and
+    the limit takes precedence."""
+    settings = make_settings(hold_seconds=1, cooldown_seconds=3, user_limit=2)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await checkout(client, "ann", 1)).status_code == 200
+        assert (await checkout(client, "ann", 2)).status_code == 200
+        await asyncio.sleep(1.2)  # both holds expired
+        again = await checkout(client, "ann", 1)
+        assert_error(again, 429, "cooldown")
+        assert 1 <= int(again.headers["retry-after"]) <= 3
+        assert (await checkout(client, "bob", 2)).status_code == 200  # anyone else: at once
+        assert (await checkout(client, "ann", 3)).status_code == 200  # another item: at once
+        assert (await checkout(client, "ann", 4)).status_code == 200
+        # At the limit (two live holds), the limit is what she is told.
+        assert_error(await checkout(client, "ann", 1), 429, "user_limit")
+        await asyncio.sleep(3.2)  # her holds expired again, the cooldown on item 1 is over
+        assert (await checkout(client, "ann", 1)).status_code == 200
+    outcomes = await attempt_outcomes(db, 8)
+    assert sorted(outcomes) == sorted(["ok"] * 6 + ["cooldown", "user_limit"])

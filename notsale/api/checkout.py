@@ -70,6 +70,7 @@ CHECKOUT_DOC = HotRouteDoc(
         ErrorCode.ITEM_SOLD,
         ErrorCode.ITEM_HELD,
         ErrorCode.USER_LIMIT,
+        ErrorCode.COOLDOWN,
         ErrorCode.SALE_CLOSED,
     ),
 )
@@ -108,6 +109,10 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     except NotsaleError as exc:
         await record_refusal(services, scope, request_id, exc, user, str(item_id), named)
         raise
+    if decision.outcome is ErrorCode.COOLDOWN:  # expires_ms: when the cooldown ends
+        wait_s = max(1, -(-(decision.expires_ms - now_ms()) // 1000))
+        await send_refusal(scope, send, decision.outcome, retry_after_s=wait_s)
+        return
     if decision.outcome is not None:
         await send_refusal(scope, send, decision.outcome)
         return

@@ -89,7 +89,9 @@ async def read_body(receive: Receive) -> bytes:
             return body
 
 
-async def send_json(send: Send, status: int, body: bytes) -> None:
+async def send_json(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -98,6 +100,7 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 NOSNIFF,
+                *headers,
             ],
         }
     )
@@ -109,7 +112,10 @@ async def send_body(scope: Scope, send: Send, body: Body) -> None:
     await send_json(send, 200, ENCODER.encode(body))
 
 
-async def send_refusal(scope: Scope, send: Send, code: ErrorCode) -> None:
+async def send_refusal(
+    scope: Scope, send: Send, code: ErrorCode, retry_after_s: int | None = None
+) -> None:
     """A refusal the handler decided; the raised ones are recorded by api.errors."""
     metrics.hot_answer(scope, STATUS[code], code)
-    await send_json(send, STATUS[code], REFUSALS[code])
+    headers = () if retry_after_s is None else ((b"retry-after", str(retry_after_s).encode()),)
+    await send_json(send, STATUS[code], REFUSALS[code], headers)

@@ -22,7 +22,8 @@
 --       sold out before)  4 size  5 hold_ms  6 user_limit  7 keep_ms (how long keys outlive
 --       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
 --       refused; the rows of refused checkouts, "r" below, are taken up to twice that, so
---       that a checkout refused for the backlog still has its row), then operations:
+--       that a checkout refused for the backlog still has its row)  9 cooldown_ms (a user
+--       who let a hold expire may not hold that item again for this long), then operations:
 --         "c", request_id, item_id, user_id, fresh_code, named
 --                         checkout (the code is used only for a new hold); named "1" when the
 --                         client named the sale, "0" for the running sale
@@ -30,7 +31,8 @@
 --         "r", entry      log a checkout refused in Python
 -- Returns one reply per operation, in order:
 --   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit |
---             sale_closed | item_not_found (a named sale that has not started on Redis' clock),
+--             cooldown (expires_ms: when it ends) | sale_closed | item_not_found (a named
+--             sale that has not started on Redis' clock),
 --             or {"wrong_sale", server_sale_id} when Redis' clock runs another sale than the
 --             unnamed checkout's, {"unready"} when the sale is not known ready under this
 --             server id, or {"backlog"} when the outbox is full (for these three nothing was
@@ -53,6 +55,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
 local sale_id, sale_ms, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local hold_ms, limit, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cooldown_ms = tonumber(ARGV[9])
 local server_sale = math.floor(now / sale_ms)
 local closes = sale_id * sale_ms + tonumber(ARGV[3])
 
@@ -148,6 +151,10 @@ local function checkout(request, item, user, code, named)
       local bought, holds, seqs = user_state(user, nil)
       if bought + #holds >= limit then
         outcome = 'user_limit'
+      elseif h and holder == user and now < held_exp + cooldown_ms then
+        -- The item's last hold was this user's and expired a moment ago (an expired hold
+        -- stays in HOLD until the item is held again).
+        outcome, expires = 'cooldown', held_exp + cooldown_ms
       else
         outcome = 'ok'
         expires = math.min(now + hold_ms, closes)
@@ -224,7 +231,7 @@ local function purchase(code)
   return {'ok', item, user, now, seq}
 end
 
-local replies, i = {}, 9
+local replies, i = {}, 10
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then

@@ -107,7 +107,7 @@ class SaleEngine:
         s = self.settings
         head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.sale_open_seconds * 1000]
         head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
-        return [*head, s.outbox_max]
+        return [*head, s.outbox_max, s.cooldown_seconds * 1000]
 
     async def register(self, sale_id: int) -> None:
         """Before a sale's first entry from this worker: the flushers find every outbox in
