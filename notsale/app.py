@@ -44,8 +44,9 @@ log = logging.getLogger("notsale")
 
 # Garbage collector thresholds per generation (CPython's default: 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 20)
-# No route of the contract takes a body, and none is read; a route that ever reads one gets
-# a 413 past this size instead of buffering whatever a client sends.
+# No Litestar route reads a body (POST /purchase reads its own, at most 1 KiB: api/hot.py);
+# a route that ever reads one gets a 413 past this size instead of buffering whatever a
+# client sends.
 MAX_BODY_BYTES = 16 * 1024
 
 

@@ -62,7 +62,7 @@ async def code_of(scope: Scope, receive: Receive) -> str:
     """The code, from the query or from a JSON body `{"code": "…"}` (which proxies that log
     URLs never see); given both ways, or neither, it is refused."""
     query = post_query(scope)
-    body = await read_body(receive)
+    body = await read_body(scope, receive)
     if not body.strip():
         return params.single(query, "code")
     if "code" in query:
