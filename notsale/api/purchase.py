@@ -33,6 +33,8 @@ PURCHASE_DOC = HotRouteDoc(
     tag="sale",
     summary="Buy the item a checkout code holds",
     description="Safe to retry: a redeemed code answers the same body again.",
+    # The code may come in a JSON body instead ({"code": "…"}, docs/api.md); the document
+    # gives the query form, which every client may use.
     parameters=(query("code", CODE, "the code POST /checkout gave"),),
     body=PurchaseBody,
     errors=(
