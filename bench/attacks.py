@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,13 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.rebuild import redis_cpu_s
 from bench.run import PORT, checkout_of, fresh_stores, running
 from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.connections import connect
 from notsale.keys import OUTBOX_REGISTRY
+from tests.support import closed_after
 
 REQUESTS = 1000  # of each attack
 AT_ONCE = 50
@@ -36,28 +37,12 @@ HOLD_S = 2  # the holds of the attacked server: finding 7 lets one expire
 JUNK = {"user_id": "\x01" * 300, "id": "x" * 300, "pad": "y" * 3000}
 
 
-async def redis_cpu_s(redis: Any) -> float:
-    cpu = await redis.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
 async def flood(http: httpx.AsyncClient, requests: list[tuple[str, str, Any]]) -> None:
     """Send (method, path, params) requests, AT_ONCE at a time."""
     for start in range(0, len(requests), AT_ONCE):
         await asyncio.gather(
             *(http.request(m, p, params=q) for m, p, q in requests[start : start + AT_ONCE])
         )
-
-
-def silent_s(port: int) -> float:
-    """Seconds until the server closed a connection that sent nothing (at most SILENT_WAIT_S)."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(SILENT_WAIT_S)
-        started = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            while sock.recv(4096):
-                pass
-        return time.monotonic() - started
 
 
 async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dict[str, str]:
@@ -91,9 +76,9 @@ async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dic
             )
             for _ in range(REQUESTS)
         ]
-        cpu = await redis_cpu_s(redis)
+        cpu = await redis_cpu_s(redis_url)
         await flood(http, pages)
-        per_page_us = (await redis_cpu_s(redis) - cpu) / REQUESTS * 1e6
+        per_page_us = (await redis_cpu_s(redis_url) - cpu) / REQUESTS * 1e6
         found["3. item pages, from and count varied: Redis CPU per page (µs)"] = (
             f"{per_page_us:.0f}"
         )
@@ -117,7 +102,7 @@ async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dic
         found["4. junk checkouts: raw bytes stored per attempt"] = f"{stored:.0f}"
         found["4. ... table growth per attempt (bytes)"] = f"{(grown - size) / REQUESTS:.0f}"
 
-        silent = await asyncio.to_thread(silent_s, port)
+        silent = await asyncio.to_thread(closed_after, port, b"", SILENT_WAIT_S)
         found["5. a silent connection: closed after (s)"] = (
             f"{silent:.1f}" if silent < SILENT_WAIT_S else f"still open at {SILENT_WAIT_S:.0f}"
         )

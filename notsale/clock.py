@@ -49,6 +49,11 @@ def surely_not_started(sale_id: int, sale_seconds: int) -> bool:
     return sale_id > current_sale(sale_seconds, now_ms() + CLOCK_SKEW_MS)
 
 
+def surely_closed(sale_id: int, settings: Settings, for_ms: int = 0) -> bool:
+    """True when the sale has been closed for `for_ms` on Redis' clock too (CLOCK_SKEW_MS)."""
+    return sale_window(sale_id, settings).closes_ms + for_ms + CLOCK_SKEW_MS <= now_ms()
+
+
 def unclosed_sales(settings: Settings, at_ms: int | None = None) -> range:
     """The sales started by `at_ms` whose open time is not over, newest first (some of them
     may have sold out)."""

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -258,6 +259,18 @@ def spawn_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the test can signal every worker
         )
+
+
+def closed_after(port: int, sent: bytes = b"", wait_s: float = 30.0) -> float:
+    """Seconds until the server on 127.0.0.1:`port` closes a connection that sent `sent`,
+    then nothing; `wait_s` if it is still open by then."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        started = time.monotonic()
+        sock.sendall(sent)
+        with contextlib.suppress(TimeoutError):
+            while sock.recv(4096):
+                pass
+        return min(time.monotonic() - started, wait_s)
 
 
 def log_tail(log_path: str, chars: int = 4000) -> str:

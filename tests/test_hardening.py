@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -29,6 +27,7 @@ from tests.support import (
     attempt_outcomes,
     backdate_deployment,
     checkout,
+    closed_after,
     purchase,
     wait_for,
 )
@@ -179,26 +178,16 @@ async def test_made_up_codes_of_other_sales_never_reach_the_outbox_registry(
     assert not before & {str(sale) for sale in made_up}
 
 
-def silent_for(port: int, sent: bytes) -> float:
-    """Seconds until the server closes a connection that sent `sent`, then nothing."""
-    with socket.create_connection(("127.0.0.1", port), timeout=3 * SILENT_CLOSED_S) as sock:
-        started = time.monotonic()
-        sock.sendall(sent)
-        while sock.recv(4096):
-            pass
-        return time.monotonic() - started
-
-
 async def test_a_silent_connection_is_closed_after_10_seconds(
     serve: Callable[..., Any], db: asyncpg.Connection
 ) -> None:
     server = await serve(workers=1)
     port = int(server.base_url.rsplit(":", 1)[1])
     silent, half_sent, http2 = await asyncio.gather(
-        asyncio.to_thread(silent_for, port, b""),
-        asyncio.to_thread(silent_for, port, b"GET /health HTTP/1.1\r\nHost: x\r\n"),
+        asyncio.to_thread(closed_after, port, b""),
+        asyncio.to_thread(closed_after, port, b"GET /health HTTP/1.1\r\nHost: x\r\n"),
         # Cleartext HTTP/2 is no client's: refused at once, or closed like any silence.
-        asyncio.to_thread(silent_for, port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        asyncio.to_thread(closed_after, port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
     )
     assert SILENT_CLOSED_S - 1 <= silent <= SILENT_CLOSED_S + 2
     assert SILENT_CLOSED_S - 1 <= half_sent <= SILENT_CLOSED_S + 2

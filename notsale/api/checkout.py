@@ -13,11 +13,10 @@ from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.shared import first_sale
 from notsale.catalog import image_url, item_name
 from notsale.clock import (
-    CLOCK_SKEW_MS,
     current_sale,
     now_ms,
     rfc3339,
-    sale_window,
+    surely_closed,
     surely_not_started,
 )
 from notsale.errors import ErrorCode, Failed, NotsaleError, Unavailable
@@ -97,7 +96,7 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
             if sale_id < await first_sale(services):
                 raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale never ran here.")
             named = sale_id
-            if sale_window(named, services.settings).closes_ms + CLOCK_SKEW_MS <= now_ms():
+            if surely_closed(named, services.settings):
                 raise NotsaleError(ErrorCode.SALE_CLOSED)
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))

@@ -13,14 +13,7 @@ from notsale.api.hot import post_query, read_body, send_body, send_refusal
 from notsale.api.models import PurchaseBody
 from notsale.api.openapi import CODE, OPENAPI_OPT, HotRouteDoc, query
 from notsale.api.shared import first_sale, purchase_body
-from notsale.clock import (
-    CLOCK_SKEW_MS,
-    KEEP_AFTER_SALE_MS,
-    now_ms,
-    sale_window,
-    surely_not_started,
-)
-from notsale.config import Settings
+from notsale.clock import KEEP_AFTER_SALE_MS, surely_closed, surely_not_started
 from notsale.connections import REDIS_DOWN
 from notsale.engine.codes import CODE_PATTERN, code_sale
 from notsale.engine.sale import PurchaseDecision
@@ -44,13 +37,6 @@ PURCHASE_DOC = HotRouteDoc(
         ErrorCode.USER_LIMIT,
     ),
 )
-
-
-def redis_forgot(sale_id: int, settings: Settings) -> bool:
-    """True once the sale's keys expired from Redis on every clock (KEEP_AFTER_SALE_MS
-    after its close; sooner if it sold out early, and then Redis says so itself)."""
-    closes_ms = sale_window(sale_id, settings).closes_ms
-    return closes_ms + KEEP_AFTER_SALE_MS + CLOCK_SKEW_MS < now_ms()
 
 
 class CodeBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,9 +75,10 @@ async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
         or sale_id < await first_sale(services)
     ):
         raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
-    if redis_forgot(sale_id, services.settings):
-        # Its keys are gone from Redis: only PostgreSQL knows (and nothing is asked of Redis,
-        # so made-up codes of old sales cost it nothing).
+    if surely_closed(sale_id, services.settings, KEEP_AFTER_SALE_MS):
+        # Its keys are gone from Redis (they outlive the close by KEEP_AFTER_SALE_MS; sooner
+        # if it sold out early, and then Redis says so itself): only PostgreSQL knows, and
+        # nothing is asked of Redis, so made-up codes of old sales cost it nothing.
         decision = PurchaseDecision(ErrorCode.CODE_NOT_FOUND)
     else:
         decision = await services.engine.purchase(sale_id, raw)

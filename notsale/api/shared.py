@@ -32,16 +32,11 @@ async def first_sale(services: Services) -> int:
     return current_sale(services.settings.sale_seconds, services.first_run_ms)
 
 
-async def ran_here(sale_id: int, services: Services) -> bool:
-    """Whether the sale started, and not before this deployment's first sale."""
-    return await first_sale(services) <= sale_id <= current_sale(services.settings.sale_seconds)
-
-
 async def started_sale(raw: str, services: Services) -> int:
     """A sale id from a path or query, refused when that sale has not started yet or never
     ran here."""
     sale_id = params.integer(raw, "sale_id")
-    if not await ran_here(sale_id, services):
+    if not await first_sale(services) <= sale_id <= current_sale(services.settings.sale_seconds):
         raise NotsaleError(
             ErrorCode.ITEM_NOT_FOUND, "That sale has not started, or never ran here."
         )
