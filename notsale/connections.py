@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, TypeAlias
 
 import coredis
@@ -26,25 +25,13 @@ REDIS_DOWN = (coredis.exceptions.RedisError, TimeoutError, OSError)
 Client: TypeAlias = coredis.client.Client[str]
 
 
-# After a node failed to answer, the cluster's layout is learned again this often while the
-# node is still a master in it, for at most this long (a failover takes the cluster's node
-# timeout, then an election).
-RELEARN_EVERY_S = 0.5
-RELEARN_FOR_S = 60.0
-
-
 class _Cluster(coredis.RedisCluster[str]):
     """coredis 6.9 counts a node's failures to decide when to learn the cluster's layout
     again, but neither the failures to connect to it nor the replies it never sent: after a
     master dies, or hangs (SIGSTOP, a partition), every command for its slots failed on its
     address, for good (measured: a hung master's outbox was never written again). Both count
     here, as connection errors, so that the layout is learned again after a few and the
-    failed-over replica is found. And while the failed node is still a master in what was
-    learned (the cluster has not promoted its replica yet), it is learned again every
-    RELEARN_EVERY_S: else the next learning waited for the calls sent to the old master
-    meanwhile to time out too (measured: 503s for up to 2 read timeouts after the promotion)."""
-
-    _relearning: asyncio.Task[None] | None = None
+    failed-over replica is found."""
 
     async def _execute_command_on_single_node(self, node: Any, command: Any) -> Any:
         try:
@@ -54,18 +41,7 @@ class _Cluster(coredis.RedisCluster[str]):
             if not isinstance(exc, coredis.exceptions.ConnectionError):
                 lost = coredis.exceptions.ConnectionError(f"no reply: {exc}")
             self.connection_pool.cluster_layout.report_errors(node, lost)
-            if self._relearning is None or self._relearning.done():
-                self._relearning = asyncio.ensure_future(self._relearn(node.name))
             raise
-
-    async def _relearn(self, name: str) -> None:
-        layout = self.connection_pool.cluster_layout
-        loop = asyncio.get_running_loop()
-        until = loop.time() + RELEARN_FOR_S
-        while loop.time() < until and any(n.name == name for n in layout.primaries):
-            await asyncio.sleep(RELEARN_EVERY_S)
-            # As many failures as make coredis learn the layout (its error threshold).
-            layout.report_errors(None, *[coredis.exceptions.ConnectionError(name)] * 2)
 
 
 def connect(url: str) -> coredis.Redis[str] | coredis.RedisCluster[str]:
