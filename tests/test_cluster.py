@@ -29,7 +29,13 @@ from notsale.store.flusher import CLAIM_EVERY_S, CLAIM_IDLE_MS
 from tests.faultproxy import FaultProxy, through
 from tests.hosts import Hosts
 from tests.nemesis import Checkout, Crowd, Report, check, read_rows, wait_drained
-from tests.rediscluster import FORM_TIMEOUT_S, NODE_TIMEOUT_MS, RedisCluster, cli
+from tests.rediscluster import (
+    FORM_TIMEOUT_S,
+    NODE_TIMEOUT_MS,
+    REDIS_DEFAULTS,
+    RedisCluster,
+    cli,
+)
 from tests.redisserver import RedisServer
 from tests.stampede import USER_LIMIT, Tally, assert_sold_exactly_once_within_limits, crowd
 from tests.support import Stores, notsale_cli
@@ -42,15 +48,15 @@ RUN_S = max(12.0, FAULT_AT_S + 2 * NODE_TIMEOUT_MS / 1000)
 BUYERS_PER_SERVER = 30
 SALE_SIZE = 3000
 LIMIT = 5
-# Once the replica is a master, clients get 503 for at most this long. The layout is learned
-# again after failed calls only, and calls to a hung master fail by their read timeout: one
-# learning may come just before the promotion and still see the old master, then the calls
-# sent meanwhile wait out their timeout too; and a learning that asks the hung node first
-# waits out its timeout as well, then coredis backs off 1 s (measured: up to 6.1 s, as the
-# hung node's place among the nodes asked changes with the sale's slot). (How long the
-# cluster takes to promote the replica is Redis' own: 2-4 s with a 1 s node timeout, 16-24 s
-# with the default 15 s.)
-RESUMED_WITHIN_S = 3 * STREAM_TIMEOUT_S + 1
+# Once the replica is a master, clients get 503 for at most this long. Calls to a hung master
+# fail by their read timeout, and the layout is learned again after failed calls: a learning
+# just before the promotion still sees the old master, so the calls sent until the next one
+# wait out their timeout too (measured: 0.2-2.4 s). (How long the cluster takes to promote the
+# replica is Redis' own: 2-4 s with a 1 s node timeout, 16-24 s with the default 15 s.)
+RESUMED_WITHIN_S = 2 * STREAM_TIMEOUT_S + 0.5
+# And from the fault: issue 20's bound, the node timeout + 5 s (met with a 1 s node timeout;
+# with the default 15 s, Redis' own promotion takes 3-7 s more than the node timeout).
+RESUMED_AFTER_FAULT_S = NODE_TIMEOUT_MS / 1000 + 5
 # The violations a failover with a lagging replica may cause (see the test).
 LOSSES = ("missing row", "outcome", "orphan purchase")
 # How far behind its master the replica is held before the master is killed.
@@ -310,6 +316,8 @@ async def test_the_sale_slots_master_fails_over_mid_stampede(
     )
     assert [v for v in found if v.split(":", 1)[0] not in LOSSES] == []
     assert window <= took_over_s[0] + RESUMED_WITHIN_S
+    if not REDIS_DEFAULTS:
+        assert window <= RESUMED_AFTER_FAULT_S
     if how != "takeover behind":  # a takeover breaks no connection: clients are redirected
         assert report.checkout_statuses.get("503", 0) > 0, "the fault struck nobody"
     async with httpx.AsyncClient() as http:
