@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import asyncpg
 import httpx
 
 from bench.rebuild import redis_cpu_s
-from bench.run import PORT, checkout_of, fresh_stores, running
+from bench.run import PORT, checkout_of, fresh_stores, running, worker_cpu_s
 from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.connections import connect
@@ -35,6 +36,23 @@ AT_ONCE = 50
 SILENT_WAIT_S = 15.0  # how long a silent connection is watched at most
 HOLD_S = 2  # the holds of the attacked server: finding 7 lets one expire
 JUNK = {"user_id": "\x01" * 300, "id": "x" * 300, "pad": "y" * 3000}
+TAB_POLLS = 200  # finding 10: polls of one tab, as a browser sends them
+
+
+async def tab_polls(http: httpx.AsyncClient, sale: int, polls: int) -> tuple[int, int]:
+    """Bytes received by a page's first poll (the open sales and a grid page of 60, asked
+    with Accept-Encoding as a browser does), and by each later one of the unchanged sale
+    (with the ETags it got, if any)."""
+    asked = [("/sales", {}), (f"/sales/{sale}/items", {"count": 60})]
+    gzip = {"Accept-Encoding": "gzip"}
+    first = [await http.get(path, params=q, headers=gzip) for path, q in asked]
+    tags = [{**gzip, "If-None-Match": r.headers.get("etag", "")} for r in first]
+    again = 0
+    for _ in range(polls):
+        await asyncio.sleep(1.0 / polls)  # across the answers' 1 s cache, to be realistic
+        for (path, q), headers in zip(asked, tags, strict=True):
+            again += (await http.get(path, params=q, headers=headers)).num_bytes_downloaded
+    return sum(r.num_bytes_downloaded for r in first), again // polls
 
 
 async def flood(http: httpx.AsyncClient, requests: list[tuple[str, str, Any]]) -> None:
@@ -45,7 +63,9 @@ async def flood(http: httpx.AsyncClient, requests: list[tuple[str, str, Any]]) -
         )
 
 
-async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dict[str, str]:
+async def attacks(
+    url: str, port: int, redis_url: str, database_url: str, server: subprocess.Popen[bytes]
+) -> dict[str, str]:
     sale = current_sale(Settings.from_env().sale_seconds)
     rng = random.Random(1)
     found: dict[str, str] = {}
@@ -130,6 +150,14 @@ async def attacks(url: str, port: int, redis_url: str, database_url: str) -> dic
         held = await http.post("/checkout", params={"user_id": "bodyuser", "id": "1"})
         body = await http.post("/purchase", json={"code": held.json()["code"]})
         found["9. the code in a JSON body: purchase status"] = str(body.status_code)
+
+        cpu = worker_cpu_s(server)
+        first, again = await tab_polls(http, sale, TAB_POLLS)
+        found["10. a tab's first poll: bytes received"] = str(first)
+        found["10. ... each poll of the unchanged sale: bytes received"] = str(again)
+        found["10. ... and its server CPU (µs)"] = (
+            f"{(worker_cpu_s(server) - cpu) / TAB_POLLS * 1e6:.0f}"
+        )
     return found
 
 
@@ -149,8 +177,8 @@ def measure(code: Path | None) -> dict[str, str]:
         env["PYTHONPATH"] = str(code)
     url = f"http://127.0.0.1:{PORT}"
     serve = [sys.executable, "-m", "notsale", "serve"]
-    with running(serve, env, f"{url}/health", cwd=code):
-        return asyncio.run(attacks(url, PORT, redis_url, database_url))
+    with running(serve, env, f"{url}/health", cwd=code) as server:
+        return asyncio.run(attacks(url, PORT, redis_url, database_url, server))
 
 
 def main() -> int:

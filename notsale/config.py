@@ -23,6 +23,8 @@ URL_SCHEMES = {
     "database_url": ("postgresql", "postgres"),
 }
 REDIS_PORT = 6379
+# An HS256 secret shorter than its hash (32 bytes) is guessable offline from one token.
+SECRET_MIN = 32
 
 
 class SettingsError(ValueError):
@@ -41,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hold_seconds: int = 60
     # A user who let a hold expire may not hold that item again for this long (0: at once).
     cooldown_seconds: int = 10
+    # Live holds a user may have across all open sales; 0 means 2 x user_limit.
+    holds_max: int = 0
     # A sale stays open, after the next one started, until sold out or this long after its
     # own start; GET /sales lists at most OPEN_SALES_MAX of them, hence the bound below.
     sale_open_seconds: int = 604_800
@@ -52,6 +56,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics: bool = True
     # Set: GET /metrics answers only to `Authorization: Bearer <admin_token>` (else 401).
     admin_token: str = ""
+    # Who the user is: "query", the user_id parameter; "jwt", the `sub` of a bearer token
+    # verified with the keys of the JWKS file jwt_jwks, or the HS256 secret jwt_secret.
+    identity: Literal["query", "jwt"] = "query"
+    jwt_jwks: str = ""
+    jwt_secret: str = ""
     # "json": one JSON object per line; "text": readable lines; "auto": text on a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
     # One line per request from granian (method, path, status, time; never the query).
@@ -72,6 +81,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.cooldown_seconds < 0:
             raise SettingsError(f"{ENV_PREFIX}COOLDOWN_SECONDS must be at least 0")
+        if self.holds_max == 0:
+            msgspec.structs.force_setattr(self, "holds_max", 2 * self.user_limit)
+        if self.identity == "jwt" and not (self.jwt_jwks or len(self.jwt_secret) >= SECRET_MIN):
+            raise SettingsError(
+                f"{ENV_PREFIX}IDENTITY=jwt needs {ENV_PREFIX}JWT_JWKS (a file) or"
+                f" {ENV_PREFIX}JWT_SECRET (at least {SECRET_MIN} characters)"
+            )
         if self.port > 65535:
             raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")
         if self.sale_size > SALE_SIZE_MAX:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any, TypeAlias
@@ -19,6 +20,11 @@ REDIS_CONNECT_TIMEOUT_S = 1.0
 STREAM_TIMEOUT_S = 2.0
 # One worker's connections to Redis: requests pipeline over few of them.
 MAX_CONNECTIONS = 32
+# While a cluster node keeps failing calls (within the last SUSPECT_S), the layout is learned
+# again this often: its replica's promotion is seen within this long, not only when the next
+# calls sent to it time out.
+RELEARN_EVERY_S = 0.5
+SUSPECT_S = 10.0
 
 # Whatever Redis or its client raises: unreachable, timed out, or refusing (OOM, READONLY,
 # MISCONF, BUSY, CLUSTERDOWN, a script error). Each is answered 503 "outcome unknown".
@@ -56,7 +62,7 @@ class _Cluster(coredis.RedisCluster[str]):
     address, for good (measured: a hung master's outbox was never written again). Both count
     here, as connection errors, so that the layout is learned again after a few and the
     failed-over replica is found; and the layout is learned from the nodes that answer
-    (_Discovery)."""
+    (_Discovery), every RELEARN_EVERY_S while a node keeps failing."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -66,6 +72,7 @@ class _Cluster(coredis.RedisCluster[str]):
         assert isinstance(discovery, _Discovery)
         self._failed_at: dict[str, float] = {}
         discovery.failed_at = self._failed_at
+        self._relearning: asyncio.Task[None] | None = None
 
     async def _execute_command_on_single_node(self, node: Any, command: Any) -> Any:
         try:
@@ -76,7 +83,17 @@ class _Cluster(coredis.RedisCluster[str]):
                 lost = coredis.exceptions.ConnectionError(f"no reply: {exc}")
             self._failed_at[node.name] = time.monotonic()
             self.connection_pool.cluster_layout.report_errors(node, lost)
+            if self._relearning is None or self._relearning.done():
+                self._relearning = asyncio.get_running_loop().create_task(self._relearn(node))
             raise
+
+    async def _relearn(self, node: Any) -> None:
+        """Learn the layout every RELEARN_EVERY_S (by reporting the node's failures: coredis
+        learns it after two) until the node has not failed for SUSPECT_S."""
+        while time.monotonic() - self._failed_at[node.name] < SUSPECT_S:
+            failed = coredis.exceptions.ConnectionError("failing: learn the layout again")
+            self.connection_pool.cluster_layout.report_errors(node, failed, failed)
+            await asyncio.sleep(RELEARN_EVERY_S)
 
 
 def connect(url: str) -> coredis.Redis[str] | coredis.RedisCluster[str]:

@@ -16,9 +16,11 @@ class ErrorCode(StrEnum):
     CODE_EXPIRED = "code_expired"
     USER_LIMIT = "user_limit"
     COOLDOWN = "cooldown"
+    HOLDS_MAX = "holds_max"
     SALE_CLOSED = "sale_closed"
     UNAVAILABLE = "unavailable"
     UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -32,9 +34,11 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CODE_EXPIRED: 410,
     ErrorCode.USER_LIMIT: 429,
     ErrorCode.COOLDOWN: 429,
+    ErrorCode.HOLDS_MAX: 429,
     ErrorCode.SALE_CLOSED: 410,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -52,12 +56,17 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
         "You let your hold on this item expire a moment ago; you may hold it again after"
         " Retry-After seconds."
     ),
+    ErrorCode.HOLDS_MAX: (
+        "You hold as many items as one user may across all open sales; you may hold another"
+        " after Retry-After seconds, or once you buy one."
+    ),
     ErrorCode.UNAVAILABLE: (
         "A backing store cannot be reached or refused to write; the outcome is unknown. Retry:"
         " a purchase with the same code is safe to retry, and a checkout retried gets the same"
         " code back if its hold was made."
     ),
     ErrorCode.UNAUTHENTICATED: "This route needs a valid bearer token (Authorization: Bearer …).",
+    ErrorCode.FORBIDDEN: "The user_id is not the bearer token's subject.",
 }
 
 

@@ -30,3 +30,12 @@ def sale_keys(sale_id: int) -> SaleKeys:
 def health_key(sale_id: int) -> str:
     """Written by /health: in the sale's slot, so that it probes the master deciding it."""
     return f"{{sale:{sale_id}}}:health"
+
+
+# A user's live holds across every open sale: a sorted set of `sale:item` scored by the
+# hold's expiry (ms). In no sale's slot: a user's holds span sales.
+HOLDS_PREFIX = "notsale:holds:"
+
+
+def holds_key(user_id: str) -> str:
+    return HOLDS_PREFIX + user_id

@@ -15,6 +15,7 @@ from litestar.types import Scope
 from notsale.config import Settings
 from notsale.connections import Client
 from notsale.engine.sale import SaleEngine
+from notsale.identity import Identity
 from notsale.recent import Recent
 from notsale.recovery.reconcile import Reconciler
 from notsale.store.flusher import Flusher
@@ -31,6 +32,7 @@ class Services:
     writer: GroupCommit
     flusher: Flusher
     reconciler: Reconciler
+    identity: Identity
     recent: Recent = field(default_factory=Recent)
     # When this deployment first ran, once PostgreSQL said (see api/shared.py: first_sale).
     first_run_ms: int | None = None

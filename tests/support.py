@@ -380,3 +380,36 @@ def throwaway(stores: Stores) -> Iterator[Callable[..., Throwaway]]:
     for servers in made:
         servers.services("down")
         shutil.rmtree(servers.state_dir, ignore_errors=True)
+
+
+# The settings of holds_capped_across_sales.
+HOLDS_CAPPED = {"hold_seconds": 2, "cooldown_seconds": 0, "user_limit": 2, "holds_max": 3}
+
+
+async def holds_capped_across_sales(client: Client, running: int) -> None:
+    """NOTSALE_HOLDS_MAX (3 here) live holds across all open sales, 429 `holds_max` with
+    Retry-After past it; the limit (2) takes precedence, a hold asked for again is no new
+    one, and a bought item or an expired hold is no longer counted. 11 checkouts: 8 ok, 2
+    holds_max, 1 user_limit."""
+
+    async def named(user: str, item: int, sale: int) -> Any:
+        params = {"user_id": user, "id": str(item), "sale_id": str(sale)}
+        return await client.post("/checkout", params=params)
+
+    first = await checkout(client, "ann", 1)
+    assert first.status_code == 200
+    assert (await checkout(client, "ann", 2)).status_code == 200
+    assert (await named("ann", 1, running - 1)).status_code == 200  # her third hold
+    over = await named("ann", 2, running - 1)
+    assert_error(over, 429, "holds_max")
+    assert 1 <= int(over.headers["retry-after"]) <= 2
+    assert_error(await named("ann", 1, running - 2), 429, "holds_max")  # any other sale
+    assert_error(await checkout(client, "ann", 3), 429, "user_limit")  # takes precedence
+    again = await checkout(client, "ann", 1)  # the hold she has: the same code back
+    assert again.json()["code"] == first.json()["code"]
+    assert (await named("bob", 2, running - 1)).status_code == 200  # others are not capped
+    assert (await purchase(client, first.json()["code"])).status_code == 200
+    assert (await named("ann", 3, running - 1)).status_code == 200  # bought: not a hold
+    await asyncio.sleep(2.2)  # every hold expired
+    for item in (4, 5):
+        assert (await named("ann", item, running - 2)).status_code == 200

@@ -21,6 +21,7 @@ from tests.faultproxy import in_front_of
 from tests.redisserver import RedisServer
 from tests.support import (
     DEPLOYED_DAYS_AGO,
+    HOLDS_CAPPED,
     Client,
     Stores,
     assert_error,
@@ -28,6 +29,7 @@ from tests.support import (
     backdate_deployment,
     checkout,
     closed_after,
+    holds_capped_across_sales,
     purchase,
     wait_for,
 )
@@ -66,6 +68,26 @@ async def test_a_users_purchases_are_never_cached(client: Client) -> None:
     mine = await client.get("/users/alice/purchases")
     assert mine.status_code == 200
     assert mine.headers["cache-control"] == "private, no-store"
+
+
+@pytest.mark.parametrize("path", ["/sales", "/sales/current", "/sales/{sale}/items?count=60"])
+async def test_polled_reads_are_gzipped_and_answered_304_while_unchanged(
+    client: Client, path: str
+) -> None:
+    url = path.format(sale=current_sale(3600))
+    first = await client.get(url, headers={"Accept-Encoding": "gzip"})
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+    tag = first.headers["etag"]
+    if len(first.content) >= 500:  # smaller answers are not worth compressing
+        assert first.headers["content-encoding"] == "gzip"
+    unchanged = await client.get(url, headers={"If-None-Match": tag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == tag
+    await checkout(client, "alice", 1)  # the sale changed: held 1, item 1 held
+    await asyncio.sleep(1.1)  # what the worker kept of it (READ_CACHE_S) is stale by now
+    changed = await client.get(url, headers={"If-None-Match": tag})
+    assert changed.status_code == 200 and changed.headers["etag"] != tag
+    assert changed.json() != first.json()
 
 
 async def test_the_admin_token_guards_metrics(
@@ -296,3 +318,15 @@ async def test_a_hold_let_expire_cannot_be_retaken_at_once_by_its_user(
         assert (await checkout(client, "ann", 1)).status_code == 200
     outcomes = await attempt_outcomes(db, 8)
     assert sorted(outcomes) == sorted(["ok"] * 6 + ["cooldown", "user_limit"])
+
+
+async def test_a_user_holds_at_most_holds_max_items_across_open_sales(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    """Finding 7's cap: NOTSALE_HOLDS_MAX live holds across all open sales (on a single
+    Redis; tests/test_cluster.py has the same on a cluster)."""
+    settings = make_settings(**HOLDS_CAPPED)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await holds_capped_across_sales(client, current_sale(settings.sale_seconds))
+    outcomes = await attempt_outcomes(db, 11)
+    assert sorted(outcomes) == sorted(["ok"] * 8 + ["holds_max"] * 2 + ["user_limit"])

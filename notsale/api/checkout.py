@@ -59,20 +59,25 @@ CHECKOUT_DOC = HotRouteDoc(
     summary="Hold an item for the user",
     description="Returns a code that redeems the hold with POST /purchase before it expires.",
     parameters=(
-        query("user_id", USER, "1-64 of [A-Za-z0-9_.:@-]"),
+        query("user_id", USER, "1-64 of [A-Za-z0-9_.:@-]; with identity jwt, optional"),
         query("id", INTEGER, "the item, 1..SIZE"),
         query("sale_id", INTEGER, "an open sale (default: the running sale)", required=False),
     ),
     body=CheckoutBody,
     errors=(
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.FORBIDDEN,
         ErrorCode.ITEM_NOT_FOUND,
         ErrorCode.ITEM_SOLD,
         ErrorCode.ITEM_HELD,
         ErrorCode.USER_LIMIT,
         ErrorCode.COOLDOWN,
+        ErrorCode.HOLDS_MAX,
         ErrorCode.SALE_CLOSED,
     ),
 )
+# Refusals that pass with time: answered with Retry-After.
+WAIT_OUT = (ErrorCode.COOLDOWN, ErrorCode.HOLDS_MAX)
 
 
 async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,7 +89,10 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     request_id = services.engine.new_request_id()
     named = None  # the sale the client named, once it may have started
     try:
-        user = params.user_id(params.single(query, "user_id"))
+        named_user = None  # with identity jwt, user_id may be left out
+        if "user_id" in query or not services.identity.verified:
+            named_user = params.user_id(params.single(query, "user_id"))
+        user = services.identity.user(scope["headers"], named_user)
         item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
         if "sale_id" in query:
             sale_id = params.integer(params.single(query, "sale_id"), "sale_id")
@@ -108,7 +116,7 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     except NotsaleError as exc:
         await record_refusal(services, scope, request_id, exc, user, str(item_id), named)
         raise
-    if decision.outcome is ErrorCode.COOLDOWN:  # expires_ms: when the cooldown ends
+    if decision.outcome in WAIT_OUT:  # expires_ms: when it may be asked again
         wait_s = max(1, -(-(decision.expires_ms - now_ms()) // 1000))
         await send_refusal(scope, send, decision.outcome, retry_after_s=wait_s)
         return

@@ -4,11 +4,12 @@ inline, and no other site may frame it: its policy says so."""
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from typing import Any
 
 from litestar import Controller, MediaType, Request, Response, get
+
+from notsale.api.shared import NOT_MODIFIED, etag, revalidated
 
 # No inline script or style, nothing from elsewhere, never framed (clickjacking).
 PAGE_POLICY = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -20,20 +21,11 @@ class Asset:
     def __init__(self, name: str, media_type: str) -> None:
         self.body = resources.files("notsale").joinpath(f"web/{name}").read_bytes()
         self.media_type = media_type
-        self.headers = {
-            "ETag": f'"{hashlib.blake2b(self.body, digest_size=8).hexdigest()}"',
-            "Cache-Control": "no-cache",  # asked again each time, answered 304 while unchanged
-            "Content-Security-Policy": PAGE_POLICY,
-        }
+        self.tag = etag(self.body)
 
     def answer(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        fresh = request.headers.get("if-none-match") == self.headers["ETag"]
-        return Response(
-            b"" if fresh else self.body,
-            status_code=304 if fresh else 200,
-            headers=self.headers,
-            media_type=self.media_type,
-        )
+        policy = {"Content-Security-Policy": PAGE_POLICY}
+        return revalidated(request, self.body, self.media_type, policy, self.tag)
 
 
 PAGE = Asset("index.html", MediaType.HTML)
@@ -45,14 +37,21 @@ class PageController(Controller):
     path = "/"
     tags = ("page",)
 
-    @get(summary="The buyers' page", media_type=MediaType.HTML)
+    @get(summary="The buyers' page", media_type=MediaType.HTML, responses=NOT_MODIFIED)
     async def page(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         return PAGE.answer(request)
 
-    @get("/page.css", summary="The page's stylesheet", media_type="text/css")
+    @get(
+        "/page.css", summary="The page's stylesheet", media_type="text/css", responses=NOT_MODIFIED
+    )
     async def style(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         return STYLE.answer(request)
 
-    @get("/page.js", summary="The page's script", media_type="text/javascript")
+    @get(
+        "/page.js",
+        summary="The page's script",
+        media_type="text/javascript",
+        responses=NOT_MODIFIED,
+    )
     async def script(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         return SCRIPT.answer(request)

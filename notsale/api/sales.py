@@ -4,7 +4,8 @@ Reads never rebuild a sale. An open sale that Redis holds complete is read there
 read.lua call per answer (a whole grid page included); any other sale (closed, or not
 known to Redis: untouched since Redis restarted, say) is read from PostgreSQL, where every
 purchase is. Answers that poll (the open sales, item pages) are kept for READ_CACHE_S per
-worker: a page polling many times a second costs Redis once.
+worker: a page polling many times a second costs Redis once. Every read carries an ETag, and
+a client whose copy is current gets 304 (a tab polling an unchanged sale gets no body).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from notsale.api import params
 from notsale.api.errors import error_responses
 from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
 from notsale.api.params import PAGE_MAX
-from notsale.api.shared import counts, first_sale, sale_body, started_sale
+from notsale.api.shared import (
+    ENCODER,
+    NOT_MODIFIED,
+    counts,
+    first_sale,
+    json_responses,
+    revalidated,
+    sale_body,
+    started_sale,
+)
 from notsale.catalog import image_url, item_name, item_svg
 from notsale.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
 from notsale.errors import ErrorCode
@@ -30,6 +40,7 @@ from notsale.services import Services, ServicesDep
 from notsale.store import queries
 
 ITEM_ERRORS = error_responses(ErrorCode.ITEM_NOT_FOUND)
+Req = Request[Any, Any, Any]
 PAGE_DEFAULT = 100
 # Item statuses are read from Redis, and kept, by fixed blocks of this many (see
 # page_statuses); a page of at most PAGE_MAX items spans at most two.
@@ -68,7 +79,7 @@ async def page_statuses(services: Services, sale_id: int, first: int, count: int
     return found[skip : skip + count]
 
 
-async def open_sales(services: Services) -> SalesBody:
+async def open_sales(services: Services) -> bytes:
     s = services.settings
     first = await first_sale(services)
     sale_ids = [sale for sale in unclosed_sales(s) if sale >= first]
@@ -76,7 +87,7 @@ async def open_sales(services: Services) -> SalesBody:
     # which, one per such sale, and one PostgreSQL query for the rest.
     in_redis = {*await services.engine.registered(), *sale_ids[:1]}
     found = await counts(services, sale_ids, in_redis)
-    return SalesBody(
+    body = SalesBody(
         [
             OpenSaleBody(
                 **msgspec.structs.asdict(sale_body(services, sale, *found[sale])),
@@ -86,37 +97,47 @@ async def open_sales(services: Services) -> SalesBody:
             if found[sale][0] < s.sale_size  # sold out: closed
         ]
     )
+    return ENCODER.encode(body)
 
 
 class SalesController(Controller):
     path = "/sales"
     tags = ("sales",)
 
-    @get(summary="The open sales, newest first", responses=error_responses())
-    async def open(self, services: ServicesDep) -> SalesBody:
-        return await services.recent.get("sales", lambda: open_sales(services))
+    @get(
+        summary="The open sales, newest first",
+        responses=json_responses(SalesBody, error_responses()),
+    )
+    async def open(self, request: Req, services: ServicesDep) -> Response[bytes]:
+        return revalidated(
+            request, await services.recent.get("sales", lambda: open_sales(services))
+        )
 
-    @get("/current", summary="The running sale", responses=error_responses())
-    async def current(self, services: ServicesDep) -> SaleBody:
+    @get(
+        "/current",
+        summary="The running sale",
+        responses=json_responses(SaleBody, error_responses()),
+    )
+    async def current(self, request: Req, services: ServicesDep) -> Response[bytes]:
         sale_id = current_sale(services.settings.sale_seconds)
         sold, held = (await counts(services, [sale_id]))[sale_id]
-        return sale_body(services, sale_id, sold, held)
+        return revalidated(request, ENCODER.encode(sale_body(services, sale_id, sold, held)))
 
     @get(
         "/{sale_id:str}/items",
         summary="A page of a sale's items with their status",
-        responses=ITEM_ERRORS,
+        responses=json_responses(ItemsBody, ITEM_ERRORS),
     )
     async def items(
         self,
-        request: Request[Any, Any, Any],
+        request: Req,
         services: ServicesDep,
         sale_id: FromPath[str],
         from_: Annotated[str | None, QueryParameter(name="from", description="default 1")] = None,
         count: Annotated[
             str | None, Parameter(description=f"1..{PAGE_MAX}, default {PAGE_DEFAULT}")
         ] = None,
-    ) -> ItemsBody:
+    ) -> Response[bytes]:
         sale = await started_sale(sale_id, services)
         query = request.query_params
         size = services.settings.sale_size
@@ -126,36 +147,38 @@ class SalesController(Controller):
             raise params.invalid(f"`count` must be 1 to {PAGE_MAX}.")
         count_ = min(wanted or PAGE_DEFAULT, size - first + 1)
         found = await page_statuses(services, sale, first, count_)
-        return ItemsBody(
+        body = ItemsBody(
             sale,
             [
                 ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
                 for item, status in zip(range(first, first + count_), found, strict=True)
             ],
         )
+        return revalidated(request, ENCODER.encode(body))
 
     @get(
         "/{sale_id:str}/items/{item_id:str}",
         summary="One item and its status",
-        responses=ITEM_ERRORS,
+        responses=json_responses(ItemBody, ITEM_ERRORS),
     )
     async def item(
-        self, services: ServicesDep, sale_id: FromPath[str], item_id: FromPath[str]
-    ) -> ItemBody:
+        self, request: Req, services: ServicesDep, sale_id: FromPath[str], item_id: FromPath[str]
+    ) -> Response[bytes]:
         sale = await started_sale(sale_id, services)
         item = params.item_id(item_id, services.settings.sale_size)
         [status] = await statuses(services, sale, item, 1)
-        return ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
+        body = ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
+        return revalidated(request, ENCODER.encode(body))
 
     @get(
         "/{sale_id:str}/items/{item_id:str}/image.svg",
         summary="The item's picture",
-        responses=ITEM_ERRORS,
+        responses={**ITEM_ERRORS, **NOT_MODIFIED},
         media_type="image/svg+xml",
     )
     async def image(
         self,
-        request: Request[Any, Any, Any],
+        request: Req,
         services: ServicesDep,
         sale_id: FromPath[str],
         item_id: FromPath[str],

@@ -1,10 +1,17 @@
 """What the controllers share: a sale id read from a request, a sale's counters and its
-body, a purchase's body, and how long a probe of a store may take."""
+body, a purchase's body, answers that a client revalidates (ETag, 304), and how long a probe
+of a store may take."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import hashlib
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.openapi import ResponseSpec
 
 from notsale.api import params
 from notsale.api.models import PurchaseBody, SaleBody
@@ -18,6 +25,43 @@ from notsale.store.rows import PurchaseRow
 
 # A health check answers within about this long, whatever state the stores are in.
 PROBE_TIMEOUT_S = 1.0
+ENCODER = msgspec.json.Encoder()
+# Revalidated answers are asked again each time, and answered 304 while unchanged.
+NOT_MODIFIED = {304: ResponseSpec(None, description="Unchanged since the `If-None-Match` tag.")}
+
+
+def etag(body: bytes) -> str:
+    """A weak tag: the same for the answer compressed or not."""
+    return f'W/"{hashlib.blake2b(body, digest_size=8).hexdigest()}"'
+
+
+def revalidated(
+    request: Request[Any, Any, Any],
+    body: bytes,
+    media_type: str = MediaType.JSON,
+    headers: Mapping[str, str] | None = None,
+    tag: str | None = None,
+) -> Response[bytes]:
+    """`body`, or 304 and no body when the client's copy (If-None-Match) is current: a page
+    that polls an unchanged answer gets a few hundred bytes instead of it."""
+    tag = tag or etag(body)
+    fresh = tag in request.headers.get("if-none-match", "").split(", ")
+    return Response(
+        b"" if fresh else body,
+        status_code=304 if fresh else 200,
+        headers={"ETag": tag, "Cache-Control": "no-cache", **(headers or {})},
+        media_type=media_type,
+    )
+
+
+def json_responses(body: type, errors: dict[int, ResponseSpec]) -> dict[int, ResponseSpec]:
+    """The OpenAPI `responses` of a route answered by `revalidated` JSON: its body's model
+    (the handler returns bytes), 304, and its errors."""
+    return {
+        200: ResponseSpec(body, generate_examples=False, description="OK"),
+        **NOT_MODIFIED,
+        **errors,
+    }
 
 
 async def first_sale(services: Services) -> int:

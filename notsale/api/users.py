@@ -24,7 +24,9 @@ class UsersController(Controller):
     @get(
         "/{user_id:str}/purchases",
         summary="A user's purchases in one sale",
-        responses=error_responses(ErrorCode.ITEM_NOT_FOUND),
+        responses=error_responses(
+            ErrorCode.ITEM_NOT_FOUND, ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN
+        ),
         # Someone's purchases: never kept by a shared cache, nor by the browser.
         response_headers={"Cache-Control": "private, no-store"},
     )
@@ -35,7 +37,8 @@ class UsersController(Controller):
         user_id: FromPath[str],
         sale_id: Annotated[str | None, Parameter(description="default: the running sale")] = None,
     ) -> PurchasesBody:
-        user = params.user_id(user_id)
+        # With identity jwt, only the token's subject reads them (401, 403).
+        user = services.identity.user(request.scope["headers"], params.user_id(user_id))
         query = request.query_params
         sale = (
             await started_sale(params.single(query, "sale_id"), services)

@@ -23,20 +23,27 @@
 --       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
 --       refused; the rows of refused checkouts, "r" below, are taken up to twice that, so
 --       that a checkout refused for the backlog still has its row)  9 cooldown_ms (a user
---       who let a hold expire may not hold that item again for this long), then operations:
---         "c", request_id, item_id, user_id, fresh_code, named
+--       who let a hold expire may not hold that item again for this long)  10 holds_max (live
+--       holds a user may have across all open sales)  11 ledger: on a single Redis, the key
+--       prefix of the users' ledgers (keys.holds_key: a sorted set of "sale:item" scored by
+--       the hold's expires_ms), read and written here; "" on a cluster, where a user's ledger
+--       is in another slot and the engine reads and writes it, then operations:
+--         "c", request_id, item_id, user_id, fresh_code, named, others
 --                         checkout (the code is used only for a new hold); named "1" when the
---                         client named the sale, "0" for the running sale
+--                         client named the sale, "0" for the running sale; others: on a
+--                         cluster, the user's live holds in other sales, "?" until the engine
+--                         read their ledger (only a new hold needs it)
 --         "p", code       purchase
 --         "r", entry      log a checkout refused in Python
 -- Returns one reply per operation, in order:
 --   checkout: {outcome, code, expires_ms}, outcome ok | item_sold | item_held | user_limit |
---             cooldown (expires_ms: when it ends) | sale_closed | item_not_found (a named
---             sale that has not started on Redis' clock),
+--             cooldown (expires_ms: when it ends) | holds_max (expires_ms: when the first of
+--             the user's holds known here expires) | sale_closed | item_not_found
+--             (a named sale that has not started on Redis' clock),
 --             or {"wrong_sale", server_sale_id} when Redis' clock runs another sale than the
 --             unnamed checkout's, {"unready"} when the sale is not known ready under this
---             server id, or {"backlog"} when the outbox is full (for these three nothing was
---             changed or logged)
+--             server id, {"backlog"} when the outbox is full, or {"ledger"} when a new hold
+--             needs `others` (on a cluster; for these four nothing was changed or logged)
 --   purchase: {"ok", item_id, user_id, purchased_ms, seq} (the first purchase's, on a repeat),
 --             {"code_expired"}, {"code_not_found"} (also for any code of a sale closed and
 --             not ready: only PostgreSQL knows it), {"unready"} (an open sale: rebuild, then
@@ -55,7 +62,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
 local sale_id, sale_ms, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local hold_ms, limit, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local cooldown_ms = tonumber(ARGV[9])
+local cooldown_ms, holds_max, ledger = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local server_sale = math.floor(now / sale_ms)
 local closes = sale_id * sale_ms + tonumber(ARGV[3])
 
@@ -111,11 +118,42 @@ local function next_seq(bought, seqs)
   return seq, seqs .. '.' .. seq
 end
 
+-- The user's live holds in other sales, and the first expiry among them (math.huge: none);
+-- nil when only the engine can know (a cluster, `others` not read yet).
+local function elsewhere(user, others)
+  if ledger == '' then
+    if others == '?' then
+      return nil
+    end
+    return tonumber(others), math.huge
+  end
+  local count, first, mine = 0, math.huge, sale_id .. ':'
+  local live = redis.call('ZRANGEBYSCORE', ledger .. user, '(' .. now_s, '+inf', 'WITHSCORES')
+  for i = 1, #live, 2 do
+    if string.sub(live[i], 1, #mine) ~= mine then
+      count, first = count + 1, math.min(first, tonumber(live[i + 1]))
+    end
+  end
+  return count, first
+end
+
+-- A new hold into its user's ledger (on a cluster, the engine's to write).
+local function ledger_add(user, item, expires)
+  if ledger ~= '' then
+    local key = ledger .. user
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_s)
+    redis.call('ZADD', key, expires, sale_id .. ':' .. item)
+    if redis.call('PTTL', key) < expires - now then
+      redis.call('PEXPIREAT', key, string.format('%.0f', expires))
+    end
+  end
+end
+
 local function log(entry)
   redis.call('XADD', OUTBOX, '*', 'e', cjson.encode(entry))
 end
 
-local function checkout(request, item, user, code, named)
+local function checkout(request, item, user, code, named, others)
   if named ~= '1' and server_sale ~= sale_id then
     return {'wrong_sale', server_sale}
   end
@@ -156,17 +194,30 @@ local function checkout(request, item, user, code, named)
         -- stays in HOLD until the item is held again).
         outcome, expires = 'cooldown', held_exp + cooldown_ms
       else
-        outcome = 'ok'
-        expires = math.min(now + hold_ms, closes)
-        local exp_s = string.format('%.0f', expires)
-        holds[#holds + 1] = item .. ':' .. exp_s
-        redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
-        redis.call('ZADD', HEXP, expires, item)
-        redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
-        save_user(user, bought, holds, seqs)
-        local gone = string.format('%.0f', closes + keep_ms)
-        for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
-          redis.call('PEXPIREAT', key, gone)
+        local count, first = elsewhere(user, others)
+        if count == nil then
+          return {'ledger'}
+        end
+        if #holds + count >= holds_max then
+          outcome = 'holds_max'
+          for _, hold in ipairs(holds) do
+            first = math.min(first, tonumber(string.match(hold, ':(%d+)$')))
+          end
+          expires = first < math.huge and first or 0
+        else
+          outcome = 'ok'
+          expires = math.min(now + hold_ms, closes)
+          local exp_s = string.format('%.0f', expires)
+          holds[#holds + 1] = item .. ':' .. exp_s
+          redis.call('HSET', HOLD, item, user .. '\t' .. code .. '\t' .. exp_s)
+          redis.call('ZADD', HEXP, expires, item)
+          redis.call('HSET', CODE, code, item .. '\t' .. user .. '\t' .. exp_s .. '\t0\t0')
+          save_user(user, bought, holds, seqs)
+          local gone = string.format('%.0f', closes + keep_ms)
+          for _, key in ipairs({HOLD, HEXP, CODE, USERS}) do
+            redis.call('PEXPIREAT', key, gone)
+          end
+          ledger_add(user, item, expires)
         end
       end
     end
@@ -227,17 +278,20 @@ local function purchase(code)
       redis.call('PEXPIREAT', key, gone)
     end
   end
+  if ledger ~= '' then
+    redis.call('ZREM', ledger .. user, sale_id .. ':' .. item)  -- bought: no longer a hold
+  end
   log({'p', '', user, item, 'ok', code, now_s, seq})
   return {'ok', item, user, now, seq}
 end
 
-local replies, i = {}, 10
+local replies, i = {}, 12
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then
     replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-      ARGV[i + 5])
-    i = i + 6
+      ARGV[i + 5], ARGV[i + 6])
+    i = i + 7
   elseif op == 'p' then
     replies[#replies + 1] = purchase(ARGV[i + 1])
     i = i + 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
@@ -20,7 +21,7 @@ from notsale.engine.batch import Batcher, Sender
 from notsale.engine.codes import new_code
 from notsale.engine.lane import Lane
 from notsale.errors import ErrorCode, Failed, Unavailable
-from notsale.keys import OUTBOX_REGISTRY, sale_keys
+from notsale.keys import HOLDS_PREFIX, OUTBOX_REGISTRY, holds_key, sale_keys
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -35,8 +36,29 @@ return {tonumber(string.match(info, 'used_memory:(%d+)')),
         tonumber(string.match(info, 'maxmemory:(%d+)'))}
 """
 
-# A checkout may meet a sale rollover and an unready sale before it is decided.
-CHECKOUT_TRIES = 3
+# A user's live holds across all open sales (keys.holds_key), on Redis' clock. On a single
+# Redis sale.lua reads and writes them as it decides. On a cluster they are in another slot:
+# read when sale.lua is about to make a new hold (their count in the other sales caps it),
+# added to after a hold is made (as sale.lua's ledger_add does), taken from when bought.
+HOLDS_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+"""
+HOLDS_ADD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or now + ttl < tonumber(ARGV[1]) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+"""
+
+# A checkout may meet a sale rollover, an unready sale and its user's ledger unread before
+# it is decided.
+CHECKOUT_TRIES = 4
 
 
 class CheckoutDecision(msgspec.Struct, frozen=True):
@@ -75,6 +97,8 @@ class SaleEngine:
         self.sale_script = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
         self._read = redis.register_script((SCRIPTS_DIR / "read.lua").read_text())
         self._memory = redis.register_script(MEMORY)
+        self._holds_live = redis.register_script(HOLDS_LIVE)
+        self._holds_add = redis.register_script(HOLDS_ADD)
         self._batcher = Batcher(self.send_ops if through is None else through(self.send_ops))
         # Request ids: unique per worker start (72 random bits), then a counter.
         self._request_prefix = secrets.token_urlsafe(9)
@@ -107,7 +131,8 @@ class SaleEngine:
         s = self.settings
         head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.sale_open_seconds * 1000]
         head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
-        return [*head, s.outbox_max, s.cooldown_seconds * 1000]
+        ledger = "" if self._lane is None else HOLDS_PREFIX  # the lane: a single Redis
+        return [*head, s.outbox_max, s.cooldown_seconds * 1000, s.holds_max, ledger]
 
     async def register(self, sale_id: int) -> None:
         """Before a sale's first entry from this worker: the flushers find every outbox in
@@ -143,10 +168,15 @@ class SaleEngine:
         named = "0" if sale_id is None else "1"
         if sale_id is None:
             sale_id = current_sale(self.settings.sale_seconds)
+        # The user's live holds, sale:item -> expires_ms, once their ledger is read.
+        held: dict[str, int] | None = None
         for _ in range(CHECKOUT_TRIES):
             await self.register(sale_id)
             code = new_code(sale_id)
-            op = ["c", request_id, item_id, user_id, code, named]
+            others: int | str = "?"
+            if held is not None:
+                others = sum(1 for hold in held if not hold.startswith(f"{sale_id}:"))
+            op = ["c", request_id, item_id, user_id, code, named, others]
             reply = await self._batcher.submit(sale_id, op)
             if reply[0] == "wrong_sale":
                 # This worker's clock and Redis' disagree on which sale runs: Redis' wins.
@@ -157,10 +187,27 @@ class SaleEngine:
                 await self._prepare(sale_id)
             elif reply[0] == "backlog":
                 raise Unavailable(Failed.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
+            elif reply[0] == "ledger":
+                live = await self._run(self._holds_live, [holds_key(user_id)], [])
+                held = dict(zip(live[::2], (int(float(ms)) for ms in live[1::2]), strict=True))
+            elif reply[0] == "ok":
+                if held is not None:  # a cluster's ledger, read for this hold
+                    await self._add_hold(user_id, f"{sale_id}:{item_id}", int(reply[2]))
+                return CheckoutDecision(None, sale_id, reply[1], int(reply[2]))
+            elif reply[0] == "holds_max":  # expires_ms: when the first of them expires
+                known = [ms for ms in (int(reply[2]), *(held or {}).values()) if ms]
+                first = min(known, default=now_ms() + 1000)
+                return CheckoutDecision(ErrorCode.HOLDS_MAX, sale_id, "", first)
             else:
-                outcome = None if reply[0] == "ok" else ErrorCode(reply[0])
-                return CheckoutDecision(outcome, sale_id, reply[1], int(reply[2]))
+                return CheckoutDecision(ErrorCode(reply[0]), sale_id, reply[1], int(reply[2]))
         raise Unavailable(Failed.REDIS, "The sale is being prepared; retry.")
+
+    async def _add_hold(self, user_id: str, hold: str, expires_ms: int) -> None:
+        """Into the user's ledger of holds (again, for a hold asked for twice: the same).
+        The hold is made whatever happens here: a ledger Redis did not write counts it
+        nowhere, and the user may hold one more elsewhere until it expires."""
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._holds_add(keys=[holds_key(user_id)], args=[expires_ms, hold])
 
     async def purchase(self, sale_id: int, code: str) -> PurchaseDecision:
         reply = await self._batcher.submit(sale_id, ["p", code])
@@ -171,6 +218,9 @@ class SaleEngine:
             raise Unavailable(Failed.REDIS, "The sale is being prepared; retry.")
         if reply[0] != "ok":
             return PurchaseDecision(ErrorCode(reply[0]))
+        if self._lane is None:  # a cluster's ledger: bought, no longer a hold
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.redis.zrem(holds_key(reply[2]), [f"{sale_id}:{reply[1]}"])
         return PurchaseDecision(None, int(reply[1]), reply[2], int(reply[3]), int(reply[4]))
 
     async def log(self, sale_id: int, entry: bytes) -> bool:
