@@ -18,6 +18,7 @@ SALE_SIZE_MAX = 2**31 - 1
 DIGITS = re.compile(r"[0-9]{1,18}")
 BOOLEANS = ("1", "0", "true", "false")
 OPEN_SALES_MAX = 1000
+SALE_OPEN_DEFAULT_S = 604_800  # a week
 URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
     "database_url": ("postgresql", "postgres"),
@@ -47,7 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     holds_max: int = 0
     # A sale stays open, after the next one started, until sold out or this long after its
     # own start; GET /sales lists at most OPEN_SALES_MAX of them, hence the bound below.
-    sale_open_seconds: int = 604_800
+    # 0 means the default: a week, or OPEN_SALES_MAX sales if that is shorter.
+    sale_open_seconds: int = 0
     # Entries a sale's outbox may hold (decisions PostgreSQL has not taken yet, ~200 bytes
     # each) before checkouts are refused with 503: while PostgreSQL is down, Redis fills up
     # to about this, not to its maxmemory.
@@ -67,6 +69,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     access_log: bool = False
 
     def __post_init__(self) -> None:
+        if self.sale_open_seconds == 0:
+            default = min(SALE_OPEN_DEFAULT_S, OPEN_SALES_MAX * self.sale_seconds)
+            msgspec.structs.force_setattr(self, "sale_open_seconds", default)
         for name in (
             "port",
             "workers",

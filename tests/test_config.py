@@ -24,6 +24,16 @@ def test_defaults_match_the_contract() -> None:
     )
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.database_url == "postgresql://postgres@127.0.0.1:5432/postgres"
+    assert (s.sale_open_seconds, s.holds_max, s.identity) == (604_800, 20, "query")
+
+
+def test_no_default_is_refused_whatever_else_is_set() -> None:
+    """The open window's default is a week, or 1,000 sales when they are short; the holds'
+    cap follows the limit."""
+    short = Settings.from_env({"NOTSALE_SALE_SECONDS": "60", "NOTSALE_USER_LIMIT": "3"})
+    assert (short.sale_open_seconds, short.holds_max) == (60_000, 6)
+    with pytest.raises(SettingsError, match="NOTSALE_SALE_OPEN_SECONDS may be at most"):
+        Settings.from_env({"NOTSALE_SALE_SECONDS": "60", "NOTSALE_SALE_OPEN_SECONDS": "604800"})
 
 
 def test_values_are_read_from_the_environment() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import glob
 import json
 import os
+import re
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -41,10 +42,29 @@ def value(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
+# RFC 9110's token: what a media type and its parameters' names are made of.
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+
+
+def media_type(header: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type read as strictly as Go's mime.ParseMediaType, which Prometheus 3 uses
+    to decide how to read a scrape: a malformed or repeated parameter fails it."""
+    kind, *parameters = header.split(";")
+    assert re.fullmatch(rf"{TOKEN}/{TOKEN}", kind.strip()), header
+    found: dict[str, str] = {}
+    for parameter in parameters:
+        name_value = re.fullmatch(rf'\s*({TOKEN})=({TOKEN}|"[^"]*")\s*', parameter)
+        assert name_value, header
+        assert name_value[1].lower() not in found, f"repeated parameter: {header}"
+        found[name_value[1].lower()] = name_value[2]
+    return kind.strip().lower(), found
+
+
 async def scrape(http: httpx.AsyncClient) -> Samples:
     response = await http.get("/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    kind = media_type(response.headers["content-type"])
+    assert kind == ("text/plain", {"version": "0.0.4", "charset": "utf-8"})
     return samples(response.text)
 
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from litestar import Controller, Response, get
 from litestar.params import HeaderParameter
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 
 from notsale import metrics
@@ -19,6 +18,11 @@ from notsale.connections import REDIS_DOWN
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import Services, ServicesDep
 from notsale.store.pool import PG_DOWN
+
+# Prometheus' text format, as every Prometheus reads it. Litestar adds `; charset=utf-8` to a
+# text type: prometheus_client's own constant has one already, and a repeated parameter
+# makes the whole header unreadable to Prometheus 3 (Go's mime.ParseMediaType).
+MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
 def admitted(token: str, authorization: str) -> None:
@@ -43,7 +47,7 @@ class MetricsController(Controller):
     @get(
         summary="Prometheus metrics of all workers",
         description="With NOTSALE_ADMIN_TOKEN set, only for `Authorization: Bearer <token>`.",
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=MEDIA_TYPE,
         responses=error_responses(ErrorCode.UNAUTHENTICATED),
     )
     async def metrics(
@@ -59,4 +63,4 @@ class MetricsController(Controller):
             scraped.append(metrics.redis_up(True))
         except (NotsaleError, TimeoutError, *REDIS_DOWN, *PG_DOWN):
             scraped = [metrics.redis_up(False)]
-        return Response(metrics.exposition(scraped), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(scraped), media_type=MEDIA_TYPE)
