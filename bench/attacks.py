@@ -1,10 +1,16 @@
 """What a stranger can cost the service: each finding of the hardening review, replayed.
 
     python -m bench.attacks [--against REV]
+    python -m bench.attacks --pages-beside-stampede PAIRS
 
 Serves this code (and, with `--against`, that git revision first, on a fresh database and
 Redis DB index of its own) and replays every attack of the review once, printing what each
 cost. Redis CPU is the server's own counter: run nothing else against it meanwhile.
+
+`--pages-beside-stampede`: finding 3 under load. PAIRS pairs of checkout stampedes (wrk,
+bench/wrk/checkout.lua), one alone and one with ~1,000 item pages a second of varied `from`
+and `count` beside it (bench/wrk/pages.lua), alternating which goes first, each on a fresh
+sale; prints what the pages cost the stampede.
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import asyncpg
 import httpx
 
 from bench.rebuild import redis_cpu_s
-from bench.run import PORT, checkout_of, fresh_stores, running, worker_cpu_s
+from bench.run import (
+    PORT,
+    WRK,
+    WRK_LINE,
+    checkout_of,
+    cpu_budget,
+    fresh_stores,
+    running,
+    worker_cpu_s,
+    wrk,
+)
 from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.connections import connect
@@ -161,6 +178,66 @@ async def attacks(
     return found
 
 
+STAMPEDE_S = 8
+PAGE_CONNECTIONS = 10  # pacing themselves (pages.lua): about 1,000 pages a second
+
+
+def stampede(env: dict[str, str], pages: bool) -> dict[str, float]:
+    """A checkout stampede on a fresh sale, with item pages beside it or not: checkouts a
+    second, and the server's and Redis' CPU per checkout; the pages' rate."""
+    url = f"http://127.0.0.1:{PORT}"
+    sale = current_sale(Settings.from_env().sale_seconds)
+    serve = [sys.executable, "-m", "notsale", "serve"]
+    beside = [
+        "wrk",
+        "-t1",
+        f"-c{PAGE_CONNECTIONS}",
+        f"-d{STAMPEDE_S}s",
+        "-s",
+        str(WRK / "pages.lua"),
+    ]
+    with running(serve, env, f"{url}/health") as server, contextlib.ExitStack() as stack:
+        if pages:
+            driver = subprocess.Popen(
+                [*beside, f"{url}/sales/{sale}/items"], stdout=subprocess.PIPE, text=True
+            )
+            stack.callback(driver.wait)
+        with cpu_budget(server) as spent:
+            got = wrk(url, STAMPEDE_S, "checkout.lua")
+        rate = WRK_LINE.search(driver.communicate()[0]) if pages else None
+    return {
+        "rps": got["rps"],
+        "server_us": spent["server"] / got["requests"] * 1e6,
+        "redis_us": spent["Redis"] / got["requests"] * 1e6,
+        "pages": float(rate[1]) if rate else 0.0,
+    }
+
+
+def pages_beside_stampede(pairs: int) -> None:
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for pair in range(pairs):
+        for pages in (False, True) if pair % 2 == 0 else (True, False):
+            database_url, redis_url = fresh_stores(Settings.from_env())
+            env = {
+                **os.environ,
+                "NOTSALE_DATABASE_URL": database_url,
+                "NOTSALE_REDIS_URL": redis_url,
+                "NOTSALE_WORKERS": "2",
+                "NOTSALE_PORT": str(PORT),
+            }
+            runs[pages].append(stampede(env, pages))
+            got = runs[pages][-1]
+            print(
+                f"pair {pair + 1}, {'with pages' if pages else 'alone'}: {got['rps']:.0f}"
+                f" checkouts/s, server {got['server_us']:.0f} µs and Redis"
+                f" {got['redis_us']:.1f} µs per checkout; pages {got['pages']:.0f}/s",
+                flush=True,
+            )
+    for what in ("rps", "server_us", "redis_us"):
+        ratios = [w[what] / a[what] for a, w in zip(runs[False], runs[True], strict=True)]
+        print(f"{what}: with pages / alone, median of {pairs} pairs: x{median(ratios):.3f}")
+
+
 def measure(code: Path | None) -> dict[str, str]:
     base = Settings.from_env()
     database_url, redis_url = fresh_stores(base)
@@ -184,7 +261,11 @@ def measure(code: Path | None) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
     parser.add_argument("--against", help="a git revision to attack first, for comparison")
+    parser.add_argument("--pages-beside-stampede", type=int, metavar="PAIRS")
     args = parser.parse_args()
+    if args.pages_beside_stampede:
+        pages_beside_stampede(args.pages_beside_stampede)
+        return 0
     runs: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as stack:
         if args.against:
