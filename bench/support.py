@@ -63,5 +63,5 @@ def checkout_ops(runner: Runner, n: int) -> list[Any]:
     ops: list[Any] = []
     for _ in range(n):
         i = next(COUNTER)
-        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale), "0", 0]
+        ops += ["c", f"bench.{i}", i % 10_000 + 1, f"bench{i}", new_code(sale), "0", 0, ""]
     return ops

@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics: bool = True
     # Set: GET /metrics answers only to `Authorization: Bearer <admin_token>` (else 401).
     admin_token: str = ""
+    # Proxies in front that append the address they were sent from to X-Forwarded-For: the
+    # client's network (notsale/network.py) is read that many addresses from the end.
+    trusted_proxies: int = 0
     # Who the user is: "query", the user_id parameter; "jwt", the `sub` of a bearer token
     # verified with the keys of the JWKS file jwt_jwks, or the HS256 secret jwt_secret.
     identity: Literal["query", "jwt"] = "query"
@@ -84,8 +87,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-        if self.cooldown_seconds < 0:
-            raise SettingsError(f"{ENV_PREFIX}COOLDOWN_SECONDS must be at least 0")
+        for name in ("cooldown_seconds", "trusted_proxies"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 0")
         if self.holds_max == 0:
             msgspec.structs.force_setattr(self, "holds_max", 2 * self.user_limit)
         if self.identity == "jwt" and not (self.jwt_jwks or len(self.jwt_secret) >= SECRET_MIN):

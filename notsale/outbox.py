@@ -58,6 +58,7 @@ class Checkout(_Event, frozen=True, tag="c"):
     # The sale the attempt named, when it is not the stream's: a checkout naming a sale that
     # closed long ago is logged in the running sale's outbox (the old one's may be gone).
     sale: int | None = None
+    network: str | None = None  # the client's (notsale/network.py), when known
 
 
 class Purchase(_Event, frozen=True, tag="p"):
@@ -81,6 +82,7 @@ def refused_event(
     item_raw: str,
     query: str,
     sale_id: int | None = None,
+    network: str | None = None,
 ) -> Checkout:
     """The entry of a checkout refused in Python, its raw values cut to bounded length."""
     return Checkout(
@@ -93,4 +95,5 @@ def refused_event(
         0,
         query[:RAW_QUERY_CHARS],
         sale_id,
+        network,
     )

@@ -37,7 +37,7 @@ async def test_a_crowd_rides_in_one_script_run_and_latecomers_in_the_next(
 
     def counted(send: Sender) -> Sender:
         async def run(sale_id: int, words: list[Any]) -> list[Any]:
-            runs.append(len(words) // 7)  # a checkout is seven words
+            runs.append(len(words) // 8)  # a checkout is eight words
             on_the_wire.set()
             await release.wait()
             return await send(sale_id, words)

@@ -20,6 +20,7 @@ from notsale.clock import (
     surely_not_started,
 )
 from notsale.errors import ErrorCode, Failed, NotsaleError, Unavailable
+from notsale.network import client_network
 from notsale.services import Services, services_of
 from notsale.store.rows import attempt_row
 
@@ -32,6 +33,7 @@ async def record_refusal(
     user_raw: str,
     item_raw: str,
     named: int | None = None,
+    network: str | None = None,
 ) -> None:
     """The attempt row of a checkout that Redis did not decide, logged in the running sale's
     outbox; `named` is the sale it named, once it may have started. It goes to whichever
@@ -39,7 +41,9 @@ async def record_refusal(
     rows still have room there, see sale.lua), else PostgreSQL directly. When neither can,
     the worker keeps the row and writes it once PostgreSQL is back."""
     raw_query = scope["query_string"].decode("utf-8", "replace")
-    event = outbox.refused_event(request_id, exc.code, user_raw, item_raw, raw_query, named)
+    event = outbox.refused_event(
+        request_id, exc.code, user_raw, item_raw, raw_query, named, network
+    )
     sale_id = current_sale(services.settings.sale_seconds)
     if not (isinstance(exc, Unavailable) and exc.failed is Failed.REDIS):
         try:
@@ -88,6 +92,8 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     # Made here, once: it keys the attempt row, whichever store ends up holding it.
     request_id = services.engine.new_request_id()
     named = None  # the sale the client named, once it may have started
+    settings = services.settings
+    network = client_network(scope.get("client"), scope["headers"], settings.trusted_proxies)
     try:
         named_user = None  # with identity jwt, user_id may be left out
         if "user_id" in query or not services.identity.verified:
@@ -109,12 +115,12 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))
         item_raw = ",".join(query.getall("id", []))
-        await record_refusal(services, scope, request_id, exc, user_raw, item_raw, named)
+        await record_refusal(services, scope, request_id, exc, user_raw, item_raw, named, network)
         raise
     try:
-        decision = await services.engine.checkout(user, item_id, request_id, named)
+        decision = await services.engine.checkout(user, item_id, request_id, named, network)
     except NotsaleError as exc:
-        await record_refusal(services, scope, request_id, exc, user, str(item_id), named)
+        await record_refusal(services, scope, request_id, exc, user, str(item_id), named, network)
         raise
     if decision.outcome in WAIT_OUT:  # expires_ms: when it may be asked again
         wait_s = max(1, -(-(decision.expires_ms - now_ms()) // 1000))

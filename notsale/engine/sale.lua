@@ -28,11 +28,12 @@
 --       prefix of the users' ledgers (keys.holds_key: a sorted set of "sale:item" scored by
 --       the hold's expires_ms), read and written here; "" on a cluster, where a user's ledger
 --       is in another slot and the engine reads and writes it, then operations:
---         "c", request_id, item_id, user_id, fresh_code, named, others
+--         "c", request_id, item_id, user_id, fresh_code, named, others, network
 --                         checkout (the code is used only for a new hold); named "1" when the
 --                         client named the sale, "0" for the running sale; others: on a
 --                         cluster, the user's live holds in other sales, "?" until the engine
---                         read their ledger (only a new hold needs it)
+--                         read their ledger (only a new hold needs it); network: the
+--                         client's, logged with the attempt ("" when unknown)
 --         "p", code       purchase
 --         "r", entry      log a checkout refused in Python
 -- Returns one reply per operation, in order:
@@ -153,7 +154,7 @@ local function log(entry)
   redis.call('XADD', OUTBOX, '*', 'e', cjson.encode(entry))
 end
 
-local function checkout(request, item, user, code, named, others)
+local function checkout(request, item, user, code, named, others, network)
   if named ~= '1' and server_sale ~= sale_id then
     return {'wrong_sale', server_sale}
   end
@@ -225,7 +226,10 @@ local function checkout(request, item, user, code, named, others)
   if outcome ~= 'ok' then
     code = ''
   end
-  log({'c', request, user, item, outcome, code, now_s, 0})
+  if network == '' then
+    network = cjson.null
+  end
+  log({'c', request, user, item, outcome, code, now_s, 0, cjson.null, cjson.null, network})
   return {outcome, code, expires}
 end
 
@@ -290,8 +294,8 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then
     replies[#replies + 1] = checkout(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-      ARGV[i + 5], ARGV[i + 6])
-    i = i + 7
+      ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+    i = i + 8
   elseif op == 'p' then
     replies[#replies + 1] = purchase(ARGV[i + 1])
     i = i + 2

@@ -159,9 +159,11 @@ class SaleEngine:
         item_id: int,
         request_id: str | None = None,
         sale_id: int | None = None,
+        network: str | None = None,
     ) -> CheckoutDecision:
         """An item of `sale_id` (default: the running sale, on Redis' clock). `request_id`
-        keys the attempt's row (default: a new one)."""
+        keys the attempt's row (default: a new one); `network`, the client's, is logged
+        with it."""
         request_id = request_id or self.new_request_id()
         if self.waiting >= self.settings.outbox_max or self.memory_high:
             raise Unavailable(Failed.BACKLOG, "Too many decisions wait for PostgreSQL; retry.")
@@ -176,7 +178,7 @@ class SaleEngine:
             others: int | str = "?"
             if held is not None:
                 others = sum(1 for hold in held if not hold.startswith(f"{sale_id}:"))
-            op = ["c", request_id, item_id, user_id, code, named, others]
+            op = ["c", request_id, item_id, user_id, code, named, others, network or ""]
             reply = await self._batcher.submit(sale_id, op)
             if reply[0] == "wrong_sale":
                 # This worker's clock and Redis' disagree on which sale runs: Redis' wins.

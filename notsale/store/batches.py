@@ -58,11 +58,11 @@ INSERT_ROWS = f"""
 WITH attempt AS (
   INSERT INTO checkout_attempts ({", ".join(ATTEMPT_COLUMNS)})
   SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
-                       $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                       $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::cidr[])
   {ON_ATTEMPT_CONFLICT}
 ), purchase AS (
-  SELECT * FROM unnest($11::bigint[], $12::integer[], $13::text[], $14::text[],
-                       $15::timestamptz[], $16::integer[]) AS p ({", ".join(PURCHASE_COLUMNS)})
+  SELECT * FROM unnest($12::bigint[], $13::integer[], $14::text[], $15::text[],
+                       $16::timestamptz[], $17::integer[]) AS p ({", ".join(PURCHASE_COLUMNS)})
 ), stored AS (
   INSERT INTO purchases ({", ".join(PURCHASE_COLUMNS)}) SELECT * FROM purchase
   {PURCHASE_FILTER} RETURNING code

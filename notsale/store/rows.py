@@ -24,6 +24,7 @@ ATTEMPT_COLUMNS = (
     "raw_query",
     "attempted_at",
     "decided",
+    "network",
 )
 PURCHASE_COLUMNS = ("sale_id", "item_id", "user_id", "code", "purchased_at", "user_seq")
 
@@ -38,6 +39,7 @@ class AttemptRow(msgspec.Struct, frozen=True):
     raw_query: str | None
     attempted_at: dt.datetime
     decided: str | None = None
+    network: str | None = None
 
 
 class RejectRow(msgspec.Struct, frozen=True):
@@ -113,6 +115,7 @@ def attempt_row(sale_id: int, event: outbox.Checkout, entry_id: str = "") -> Att
         event.outcome,
         query,
         ms_to_datetime(int(event.time_ms)),
+        network=event.network,
     )
 
 
