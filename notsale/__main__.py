@@ -1,4 +1,5 @@
-"""The command line: `notsale serve | migrate | reconcile` (also `python -m notsale …`)."""
+"""The command line: `notsale serve | migrate | reconcile | verify` (also `python -m notsale
+…`)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only report differences; exit 1 when there are any",
     )
+    check = commands.add_parser(
+        "verify",
+        help="check that a sale lost nothing (default: current sale); exit 1 if it did",
+    )
+    check.add_argument("--sale-id", type=int, help="the sale to check (default: running)")
+    check.add_argument("--json", action="store_true", help="the report as one JSON object")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             cli.serve(settings)
         elif args.command == "reconcile":
             return cli.reconcile_command(settings, args.sale_id, args.check)
+        elif args.command == "verify":
+            return cli.verify_command(settings, args.sale_id, args.json)
         else:
             cli.run_migrations(settings)
     return 0

@@ -1,4 +1,4 @@
-"""The commands of `notsale` (see __main__.py): serve, migrate, reconcile."""
+"""The commands of `notsale` (see __main__.py): serve, migrate, reconcile, verify."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import asyncpg
+import msgspec
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
@@ -18,6 +19,7 @@ from notsale.config import Settings, redis_cluster
 from notsale.connections import REDIS_DOWN, connect
 from notsale.logs import ACCESS_FORMAT, log_config
 from notsale.recovery.reconcile import Reconciler
+from notsale.recovery.verify import readable, verify
 from notsale.store.migrations import migrate
 from notsale.store.pool import PG_DOWN, create_pool
 
@@ -139,6 +141,23 @@ def granian(settings: Settings) -> Any:
         respawn_interval=0.5,
         workers_kill_timeout=WORKER_STOP_TIMEOUT_S,
     )
+
+
+def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> int:
+    """Exit 1 when the sale lost anything (see recovery/verify.py)."""
+
+    async def run() -> int:
+        sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+        pool = await create_pool(settings.database_url)
+        try:
+            async with connect(settings.redis_url) as redis:
+                report = await verify(redis, pool, settings, sale)
+        finally:
+            await pool.close()
+        print(msgspec.json.encode(report).decode() if as_json else readable(report))
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
 
 
 def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> int:
