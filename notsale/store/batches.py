@@ -48,9 +48,9 @@ MOVE_ATTEMPTS = f"INSERT INTO checkout_attempts SELECT * FROM attempts_stage {ON
 MOVE_PURCHASES = f"INSERT INTO purchases SELECT * FROM purchases_stage {PURCHASE_FILTER}"
 
 # A batch this large or larger goes by COPY; a smaller one as ONE statement (no explicit
-# transaction: one round trip). Measured (bench/test_micro.py, test_write_attempts): it is
-# about twice as fast for 1-100 rows, where COPY's five round trips dominate; COPY wins from
-# about 1,000 rows on.
+# transaction: one round trip). Measured (bench/test_micro.py, test_write_attempts): 2.4
+# times as fast as COPY for one row, where COPY's five round trips dominate, as fast at 100
+# rows; COPY wins from about 1,000 rows on.
 COPY_FROM_ROWS = 1000
 # Both batches in one statement: PostgreSQL runs every data-modifying WITH part to
 # completion. It returns the codes of the purchases it did not store.
