@@ -15,7 +15,7 @@ import jwt
 from notsale.config import Settings, SettingsError
 from notsale.errors import ErrorCode, NotsaleError
 
-# A user id (docs/api.md, "Parameters"): a token's `sub` must be one too.
+# A user id (docs/api.md, "Parameters"), in a query or a path, or a token's `sub`.
 USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 BEARER = "bearer "
 # At most this long: a longer Authorization header is refused unread (a JWT is ~1 KB).

@@ -27,10 +27,11 @@ from litestar.routes import ASGIRoute
 
 from notsale.api.errors import error_groups
 from notsale.api.models import Body, ErrorBody
-from notsale.api.params import INT64_MAX, PAGE_MAX, USER_ID
+from notsale.api.params import INT64_MAX, PAGE_MAX
 from notsale.api.params import INTEGER as CANONICAL
 from notsale.engine.codes import CODE_PATTERN
 from notsale.errors import ErrorCode
+from notsale.identity import USER_ID
 
 USER = Schema(type=OpenAPIType.STRING, pattern=f"^{USER_ID.pattern}$", min_length=1, max_length=64)
 # OpenAPI's "int64" format is missing from Litestar's OpenAPIFormat enum, hence the ignore.

@@ -7,8 +7,8 @@ import re
 from litestar.datastructures import MultiDict
 
 from notsale.errors import ErrorCode, NotsaleError
+from notsale.identity import USER_ID
 
-USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 # Canonical decimal: no sign, no leading zero (so every id has one spelling, and one URL),
 # up to 2^63 - 1; longer digit strings are refused unparsed.
 INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
