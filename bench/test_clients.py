@@ -132,7 +132,7 @@ def test_clients_sale_lua(
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))  # the sale made ready, the script loaded
     keys = list(sale_keys(sale))
-    head = runner.engine.head(sale)
+    head = runner.engine.head(sale, runner.settings.terms())
     sha = runner.engine.sale_script.sha
 
     def batch() -> tuple[tuple[list[Any]], dict[str, Any]]:

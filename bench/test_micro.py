@@ -41,7 +41,7 @@ def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner
     """The alternative to one script run per batch: one pipeline of one-op runs."""
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))
-    head = runner.engine.head(sale)
+    head = runner.engine.head(sale, runner.settings.terms())
 
     async def pipelined() -> None:
         async with runner.redis.pipeline(transaction=False) as pipe:

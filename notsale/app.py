@@ -40,6 +40,7 @@ from notsale.recovery.watch import Watch, warn_on_eviction
 from notsale.services import Services, services_from_state
 from notsale.store.flusher import Flusher
 from notsale.store.pool import READ_POOL_MAX_SIZE, create_pool
+from notsale.store.terms import TermsBook
 from notsale.store.writer import GroupCommit
 
 log = logging.getLogger("notsale")
@@ -80,22 +81,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             writer = GroupCommit(pool, settings.user_limit)
             writer.start()
             stack.push_async_callback(writer.close)
-            flusher = Flusher(redis, pool, settings)
+            terms = TermsBook(pool, settings)
+            flusher = Flusher(redis, pool, settings, terms=terms)
             flusher.start()
             stack.push_async_callback(flusher.close)
-            reconciler = Reconciler(redis, pool, settings)
-            engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready)
+            reconciler = Reconciler(redis, pool, settings, terms)
+            engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready, terms=terms.of)
             stack.callback(engine.close)
             watch = Watch(engine, reconciler, settings)
             served.state.services = Services(
-                settings, redis, engine, pool, reads, writer, flusher, reconciler, identity
+                settings, redis, engine, pool, reads, writer, flusher, reconciler, identity, terms
             )
             try:
-                # Before the first request: mark the next sale ready, and rebuild the running
-                # one if Redis lost it.
+                # Before the first request: mark the next sale ready, fix the running one's
+                # terms if no worker did yet, and rebuild it if Redis lost it.
                 await watch.check()
                 await warn_on_eviction(engine)
                 running = current_sale(settings.sale_seconds)
+                await terms.of(running)
                 if await engine.read(running) is None:
                     await reconciler.ensure_ready(running)
             except (NotsaleError, *REDIS_DOWN) as exc:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from notsale.config import Settings
+    from notsale.config import Settings, Terms
 
 
 # Redis' clock decides when sales start and close (sale.lua). A worker refuses on its own
@@ -33,7 +33,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def sale_window(sale_id: int, settings: Settings) -> SaleWindow:
+def sale_window(sale_id: int, settings: Settings | Terms) -> SaleWindow:
     sale_ms = settings.sale_seconds * 1000
     starts = sale_id * sale_ms
     return SaleWindow(sale_id, starts, starts + sale_ms, starts + settings.sale_open_seconds * 1000)
@@ -49,7 +49,7 @@ def surely_not_started(sale_id: int, sale_seconds: int) -> bool:
     return sale_id > current_sale(sale_seconds, now_ms() + CLOCK_SKEW_MS)
 
 
-def surely_closed(sale_id: int, settings: Settings, for_ms: int = 0) -> bool:
+def surely_closed(sale_id: int, settings: Settings | Terms, for_ms: int = 0) -> bool:
     """True when the sale has been closed for `for_ms` on Redis' clock too (CLOCK_SKEW_MS)."""
     return sale_window(sale_id, settings).closes_ms + for_ms + CLOCK_SKEW_MS <= now_ms()
 

@@ -32,6 +32,17 @@ class SettingsError(ValueError):
     """A NOTSALE_* variable holds a value the service cannot run with."""
 
 
+class Terms(msgspec.Struct, frozen=True, kw_only=True):
+    """A sale's terms: fixed when it starts (store/terms.py), whatever the settings say
+    later. The names are Settings': either serves where only these are read."""
+
+    sale_seconds: int
+    sale_size: int
+    user_limit: int
+    hold_seconds: int
+    sale_open_seconds: int
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -111,6 +122,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             variable = f"{ENV_PREFIX}{name.upper()}"
             if name != "redis_url" or redis_cluster(self.redis_url, variable) is None:
                 check_url(variable, getattr(self, name), schemes)
+
+    def terms(self) -> Terms:
+        """The terms a sale starting now gets."""
+        return Terms(**{name: getattr(self, name) for name in Terms.__struct_fields__})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -19,6 +19,7 @@ from notsale.identity import Identity
 from notsale.recent import Recent
 from notsale.recovery.reconcile import Reconciler
 from notsale.store.flusher import Flusher
+from notsale.store.terms import TermsBook
 from notsale.store.writer import GroupCommit
 
 
@@ -33,6 +34,7 @@ class Services:
     flusher: Flusher
     reconciler: Reconciler
     identity: Identity
+    terms: TermsBook  # each sale's, fixed when it started
     recent: Recent = field(default_factory=Recent)
     # When this deployment first ran, once PostgreSQL said (see api/shared.py: first_sale).
     first_run_ms: int | None = None

@@ -99,7 +99,7 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
         if "user_id" in query or not services.identity.verified:
             named_user = params.user_id(params.single(query, "user_id"))
         user = services.identity.user(scope["headers"], named_user)
-        item_id = params.item_id(params.single(query, "id"), services.settings.sale_size)
+        item_id = params.integer(params.single(query, "id"), "id")
         if "sale_id" in query:
             sale_id = params.integer(params.single(query, "sale_id"), "sale_id")
             # sale.lua decides on Redis' clock whether the sale has started and is still
@@ -110,8 +110,12 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
             if sale_id < await first_sale(services):
                 raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, "That sale never ran here.")
             named = sale_id
-            if surely_closed(named, services.settings):
-                raise NotsaleError(ErrorCode.SALE_CLOSED)
+        terms = await services.terms.of(
+            current_sale(settings.sale_seconds) if named is None else named
+        )
+        params.in_sale(item_id, terms.sale_size)
+        if named is not None and surely_closed(named, terms):
+            raise NotsaleError(ErrorCode.SALE_CLOSED)
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))
         item_raw = ",".join(query.getall("id", []))

@@ -35,7 +35,8 @@ def admitted(token: str, authorization: str) -> None:
 async def from_redis(services: Services) -> list[GaugeMetricFamily]:
     """The running sale's counts and the outboxes' backlogs, read now."""
     sale_id = current_sale(services.settings.sale_seconds)
-    sale = sale_body(services, sale_id, *(await counts(services, [sale_id]))[sale_id])
+    terms = await services.terms.of(sale_id, fix=False)
+    sale = sale_body(sale_id, terms, *(await counts(services, [sale_id]))[sale_id])
     backlogs = await services.engine.backlogs()
     return metrics.sale_families(sale_id, sale.sold, sale.held, sale.remaining, backlogs)
 

@@ -48,7 +48,10 @@ def integer(raw: str, name: str) -> int:
 
 
 def item_id(raw: str, sale_size: int, name: str = "id") -> int:
-    value = integer(raw, name)
-    if not 1 <= value <= sale_size:
+    return in_sale(integer(raw, name), sale_size)
+
+
+def in_sale(item: int, sale_size: int) -> int:
+    if not 1 <= item <= sale_size:
         raise NotsaleError(ErrorCode.ITEM_NOT_FOUND, f"Items are numbered 1 to {sale_size}.")
-    return value
+    return item

@@ -75,7 +75,7 @@ async def purchase(scope: Scope, receive: Receive, send: Send) -> None:
         or sale_id < await first_sale(services)
     ):
         raise NotsaleError(ErrorCode.CODE_NOT_FOUND)
-    if surely_closed(sale_id, services.settings, KEEP_AFTER_SALE_MS):
+    if surely_closed(sale_id, await services.terms.of(sale_id, fix=False), KEEP_AFTER_SALE_MS):
         # Its keys are gone from Redis (they outlive the close by KEEP_AFTER_SALE_MS; sooner
         # if it sold out early, and then Redis says so itself): only PostgreSQL knows, and
         # nothing is asked of Redis, so made-up codes of old sales cost it nothing.

@@ -52,7 +52,7 @@ PICTURE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 async def statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
-    if sale_window(sale_id, services.settings).closes_ms > now_ms():
+    if sale_window(sale_id, await services.terms.of(sale_id, fix=False)).closes_ms > now_ms():
         found = await services.engine.read(sale_id, first, count)
         if found is not None:
             return [str(status) for status in found]
@@ -64,7 +64,7 @@ async def page_statuses(services: Services, sale_id: int, first: int, count: int
     """The statuses of items first..first+count-1, read by fixed blocks of BLOCK items, each
     kept for a second: however a client varies `from` and `count`, a page costs Redis at
     most two block reads a second, and a sale has at most SALE_SIZE / BLOCK blocks to keep."""
-    size = services.settings.sale_size
+    size = (await services.terms.of(sale_id, fix=False)).sale_size
     blocks = range((first - 1) // BLOCK, (first + count - 2) // BLOCK + 1)
 
     def read(block: int) -> Awaitable[list[str]]:
@@ -80,9 +80,9 @@ async def page_statuses(services: Services, sale_id: int, first: int, count: int
 
 
 async def open_sales(services: Services) -> bytes:
-    s = services.settings
     first = await first_sale(services)
-    sale_ids = [sale for sale in unclosed_sales(s) if sale >= first]
+    sale_ids = [sale for sale in unclosed_sales(services.settings) if sale >= first]
+    terms = await services.terms.of_many(sale_ids, fix=False)
     # Of up to a week of hourly sales, Redis holds those that saw a checkout: one call for
     # which, one per such sale, and one PostgreSQL query for the rest.
     in_redis = {*await services.engine.registered(), *sale_ids[:1]}
@@ -90,11 +90,11 @@ async def open_sales(services: Services) -> bytes:
     body = SalesBody(
         [
             OpenSaleBody(
-                **msgspec.structs.asdict(sale_body(services, sale, *found[sale])),
-                closes_at=rfc3339(sale_window(sale, s).closes_ms),
+                **msgspec.structs.asdict(sale_body(sale, terms[sale], *found[sale])),
+                closes_at=rfc3339(sale_window(sale, terms[sale]).closes_ms),
             )
             for sale in sale_ids
-            if found[sale][0] < s.sale_size  # sold out: closed
+            if found[sale][0] < terms[sale].sale_size  # sold out: closed
         ]
     )
     return ENCODER.encode(body)
@@ -121,7 +121,8 @@ class SalesController(Controller):
     async def current(self, request: Req, services: ServicesDep) -> Response[bytes]:
         sale_id = current_sale(services.settings.sale_seconds)
         sold, held = (await counts(services, [sale_id]))[sale_id]
-        return revalidated(request, ENCODER.encode(sale_body(services, sale_id, sold, held)))
+        body = sale_body(sale_id, await services.terms.of(sale_id, fix=False), sold, held)
+        return revalidated(request, ENCODER.encode(body))
 
     @get(
         "/{sale_id:str}/items",
@@ -140,7 +141,7 @@ class SalesController(Controller):
     ) -> Response[bytes]:
         sale = await started_sale(sale_id, services)
         query = request.query_params
-        size = services.settings.sale_size
+        size = (await services.terms.of(sale, fix=False)).sale_size
         first = params.item_id(params.single(query, "from"), size, "from") if "from" in query else 1
         wanted = params.integer(params.single(query, "count"), "count") if "count" in query else 0
         if "count" in query and not 1 <= wanted <= PAGE_MAX:
@@ -165,7 +166,7 @@ class SalesController(Controller):
         self, request: Req, services: ServicesDep, sale_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
         sale = await started_sale(sale_id, services)
-        item = params.item_id(item_id, services.settings.sale_size)
+        item = params.item_id(item_id, (await services.terms.of(sale, fix=False)).sale_size)
         [status] = await statuses(services, sale, item, 1)
         body = ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
         return revalidated(request, ENCODER.encode(body))
@@ -184,7 +185,7 @@ class SalesController(Controller):
         item_id: FromPath[str],
     ) -> Response[str]:
         sale = await started_sale(sale_id, services)
-        item = params.item_id(item_id, services.settings.sale_size)
+        item = params.item_id(item_id, (await services.terms.of(sale, fix=False)).sale_size)
         etag = f'"{PICTURE_VERSION}-{sale}-{item}"'
         headers = {
             "ETag": etag,

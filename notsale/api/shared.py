@@ -17,6 +17,7 @@ from notsale.api import params
 from notsale.api.models import PurchaseBody, SaleBody
 from notsale.catalog import item_name
 from notsale.clock import current_sale, rfc3339, sale_window
+from notsale.config import Terms
 from notsale.errors import ErrorCode, NotsaleError
 from notsale.services import Services
 from notsale.store import queries
@@ -103,18 +104,17 @@ async def counts(
     return known
 
 
-def sale_body(services: Services, sale_id: int, sold: int, held: int) -> SaleBody:
-    s = services.settings
-    window = sale_window(sale_id, s)
+def sale_body(sale_id: int, terms: Terms, sold: int, held: int) -> SaleBody:
+    window = sale_window(sale_id, terms)
     return SaleBody(
         sale_id=sale_id,
         starts_at=rfc3339(window.starts_ms),
         ends_at=rfc3339(window.ends_ms),
-        size=s.sale_size,
+        size=terms.sale_size,
         sold=sold,
         held=held,
-        remaining=max(0, s.sale_size - sold - held),
-        user_limit=s.user_limit,
+        remaining=max(0, terms.sale_size - sold - held),
+        user_limit=terms.user_limit,
     )
 
 

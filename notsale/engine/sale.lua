@@ -162,8 +162,8 @@ local function checkout(request, item, user, code, named, others, network)
     return {'backlog'}
   end
   local outcome, expires = nil, 0
-  if sale_id > server_sale then
-    outcome = 'item_not_found'
+  if sale_id > server_sale or tonumber(item) > size then
+    outcome = 'item_not_found'  -- not started; or beyond the size it started with
   elseif now >= closes then
     outcome = 'sale_closed'
   elseif not ready then

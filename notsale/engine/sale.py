@@ -15,7 +15,7 @@ import msgspec
 
 from notsale import metrics
 from notsale.clock import KEEP_AFTER_SALE_MS, current_sale, now_ms, sale_window
-from notsale.config import Settings
+from notsale.config import Settings, Terms
 from notsale.connections import REDIS_DOWN, Client
 from notsale.engine.batch import Batcher, Sender
 from notsale.engine.codes import new_code
@@ -85,13 +85,16 @@ class SaleEngine:
         settings: Settings,
         prepare: Callable[[int], Awaitable[None]] | None = None,
         through: Callable[[Sender], Sender] | None = None,
+        terms: Callable[[int], Awaitable[Terms]] | None = None,
     ) -> None:
         """`prepare(sale_id)` makes a sale ready when sale.lua finds it unready (a new sale,
         or Redis lost data): see recovery/reconcile.py. `through`, a seam for tests: wraps
-        what carries each batch to Redis (`send_ops`)."""
+        what carries each batch to Redis (`send_ops`). `terms(sale_id)`: the sale's terms,
+        fixed when it started (store/terms.py; default: the settings)."""
         self.redis = redis
         self.settings = settings
         self._prepare = prepare
+        self._terms = terms
         # The scripts run over a connection of their own on a single Redis (lane.py).
         self._lane = Lane.of(redis)
         self.sale_script = redis.register_script((SCRIPTS_DIR / "sale.lua").read_text())
@@ -126,11 +129,14 @@ class SaleEngine:
         except REDIS_DOWN as exc:
             raise Unavailable(Failed.REDIS) from exc
 
-    def head(self, sale_id: int) -> list[int | str]:
+    async def terms(self, sale_id: int) -> Terms:
+        return self.settings.terms() if self._terms is None else await self._terms(sale_id)
+
+    def head(self, sale_id: int, terms: Terms) -> list[int | str]:
         """sale.lua's ARGV before the operations (its header says what each is)."""
-        s = self.settings
-        head: list[int | str] = [sale_id, s.sale_seconds * 1000, s.sale_open_seconds * 1000]
-        head += [s.sale_size, s.hold_seconds * 1000, s.user_limit, KEEP_AFTER_SALE_MS]
+        s, t = self.settings, terms
+        head: list[int | str] = [sale_id, t.sale_seconds * 1000, t.sale_open_seconds * 1000]
+        head += [t.sale_size, t.hold_seconds * 1000, t.user_limit, KEEP_AFTER_SALE_MS]
         ledger = "" if self._lane is None else HOLDS_PREFIX  # the lane: a single Redis
         return [*head, s.outbox_max, s.cooldown_seconds * 1000, s.holds_max, ledger]
 
@@ -149,7 +155,8 @@ class SaleEngine:
     async def send_ops(self, sale_id: int, ops: list[Any]) -> list[Any]:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
         started = time.perf_counter()
-        replies = await self._run(self.sale_script, sale_keys(sale_id), [*self.head(sale_id), *ops])
+        head = self.head(sale_id, await self.terms(sale_id))
+        replies = await self._run(self.sale_script, sale_keys(sale_id), [*head, *ops])
         metrics.batch(len(replies), time.perf_counter() - started)
         return replies
 
@@ -250,7 +257,7 @@ class SaleEngine:
         master, which may not hold the sale) would leave their outboxes unread."""
         now = now_ms()
         self._registered = {
-            s for s in self._registered if sale_window(s, self.settings).closes_ms > now
+            s for s in self._registered if sale_window(s, await self.terms(s)).closes_ms > now
         }
         if self._registered:
             try:

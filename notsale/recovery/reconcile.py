@@ -35,6 +35,7 @@ from notsale.errors import Failed, Unavailable
 from notsale.keys import sale_keys
 from notsale.store.flusher import PURCHASE_REFUSED, Flusher
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
+from notsale.store.terms import TermsBook
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,17 @@ class Difference(msgspec.Struct, frozen=True):
 
 
 class Reconciler:
-    def __init__(self, redis: Client, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        terms: TermsBook | None = None,
+    ) -> None:
         self._redis = redis
         self._pool = pool
         self._settings = settings
+        self._terms = terms or TermsBook(pool, settings)
         self._script = redis.register_script((SCRIPTS / "reconcile.lua").read_text())
         self._ahead = redis.register_script((SCRIPTS / "mark_ahead.lua").read_text())
         self._release = redis.register_script(RELEASE)
@@ -125,7 +133,7 @@ class Reconciler:
 
     async def mark_ahead(self, sale_id: int) -> bool:
         """Mark a sale that has not started yet ready (see mark_ahead.lua); False once it has."""
-        window = sale_window(sale_id, self._settings)
+        window = sale_window(sale_id, await self._terms.of(sale_id))
         args = [window.starts_ms, window.closes_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
 
@@ -201,14 +209,15 @@ class Reconciler:
         async for code, record in self._redis.hscan_iter(keys.code, count=SCAN_COUNT):
             if record.split("\t")[3] != "0" and code not in stored_codes:
                 ops.append(["x", code])
-        expires = sale_window(sale_id, self._settings).closes_ms + KEEP_AFTER_SALE_MS
-        if len(rows) >= self._settings.sale_size:  # sold out: closed now
+        terms = await self._terms.of(sale_id)
+        expires = sale_window(sale_id, terms).closes_ms + KEEP_AFTER_SALE_MS
+        if len(rows) >= terms.sale_size:  # sold out: closed now
             expires = now_ms() + KEEP_AFTER_SALE_MS
         restored = 0
         for start in range(0, max(len(ops), 1), CHUNK_OPS):
             chunk = ops[start : start + CHUNK_OPS]
             last = start + CHUNK_OPS >= len(ops)
-            args: list[int | str] = [expires, token, int(last), self._settings.user_limit]
+            args: list[int | str] = [expires, token, int(last), terms.user_limit]
             args += [w for op in chunk for w in op]
             reply: Any = await self._script(keys=keys, args=args)
             if reply == ["lost"]:

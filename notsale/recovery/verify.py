@@ -14,6 +14,7 @@ from notsale.keys import sale_keys
 from notsale.recovery.reconcile import Difference, Reconciler
 from notsale.store.flusher import PURCHASE_REFUSED
 from notsale.store.pool import QUERY_TIMEOUT_S
+from notsale.store.terms import TermsBook
 
 # Each lists the purchases of sale $1 that break a rule ($2: the rule's bound, if any).
 SOLD_TWICE = (
@@ -54,10 +55,11 @@ class Report(msgspec.Struct, frozen=True):
 async def verify(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: int) -> Report:
     """What is wrong with a sale, if anything. A purchase PostgreSQL refused (after Redis
     lost writes: it was never answered 200) is listed among the rejects, not a failure."""
+    terms = await TermsBook(pool, settings).of(sale_id, fix=False)
     rules = (
         ("item_sold_twice", SOLD_TWICE, ()),
-        ("item_outside_sale", OUTSIDE_SALE, (settings.sale_size,)),
-        ("user_over_limit", OVER_LIMIT, (settings.user_limit,)),
+        ("item_outside_sale", OUTSIDE_SALE, (terms.sale_size,)),
+        ("user_over_limit", OVER_LIMIT, (terms.user_limit,)),
         ("purchase_without_attempt", WITHOUT_ATTEMPT, ()),
     )
     failures = [

@@ -34,8 +34,12 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE (checkout_attempts.outcome = 'unavailable') <> (EXCLUDED.outcome = 'unavailable')
 """
 # A purchase is stored unless its item is stored under another code, or it would take its
-# user past the limit ($1): its user_seq is beyond it or already taken (see sql/003).
-PURCHASE_FILTER = "WHERE user_seq BETWEEN 1 AND $1 ON CONFLICT DO NOTHING"
+# user past the limit: its user_seq is beyond it or already taken (see sql/003). The limit is
+# the sale's own (sql/010), or $1 for a sale whose terms were never fixed.
+PURCHASE_FILTER = """
+WHERE user_seq BETWEEN 1 AND coalesce(
+  (SELECT t.user_limit FROM sale_terms t WHERE t.sale_id = {source}.sale_id), $1)
+ON CONFLICT DO NOTHING"""
 
 # Each pooled connection gets these staging tables once. A batch is COPYed into them, then
 # moved with INSERT … ON CONFLICT, so a row written twice (a replayed stream entry, a retried
@@ -45,7 +49,9 @@ CREATE TEMP TABLE IF NOT EXISTS attempts_stage (LIKE checkout_attempts) ON COMMI
 CREATE TEMP TABLE IF NOT EXISTS purchases_stage (LIKE purchases) ON COMMIT DELETE ROWS;
 """
 MOVE_ATTEMPTS = f"INSERT INTO checkout_attempts SELECT * FROM attempts_stage {ON_ATTEMPT_CONFLICT}"
-MOVE_PURCHASES = f"INSERT INTO purchases SELECT * FROM purchases_stage {PURCHASE_FILTER}"
+MOVE_PURCHASES = "INSERT INTO purchases SELECT * FROM purchases_stage" + PURCHASE_FILTER.format(
+    source="purchases_stage"
+)
 
 # A batch this large or larger goes by COPY; a smaller one as ONE statement (no explicit
 # transaction: one round trip). Measured (bench/test_micro.py, test_write_attempts): 2.4
@@ -65,7 +71,7 @@ WITH attempt AS (
                        $16::timestamptz[], $17::integer[]) AS p ({", ".join(PURCHASE_COLUMNS)})
 ), stored AS (
   INSERT INTO purchases ({", ".join(PURCHASE_COLUMNS)}) SELECT * FROM purchase
-  {PURCHASE_FILTER} RETURNING code
+  {PURCHASE_FILTER.format(source="purchase")} RETURNING code
 )
 SELECT code FROM purchase WHERE code NOT IN (SELECT code FROM stored)
 """

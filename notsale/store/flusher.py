@@ -38,6 +38,7 @@ from notsale.keys import OUTBOX_REGISTRY
 from notsale.store.batches import write_groups, write_rejects
 from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
 from notsale.store.rows import UNREADABLE, AttemptRow, PurchaseRow, RejectRow, from_entry
+from notsale.store.terms import TermsBook
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,13 @@ class Flusher:
         sale_ids: Sequence[int] | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         claim_every_s: float = CLAIM_EVERY_S,
+        terms: TermsBook | None = None,
     ) -> None:
         """`sale_ids` pins the sales whose outboxes it reads (default: every registered one
         and the running sale and the one before); `claim_idle_ms` 0 takes over every pending
         entry (reconcile); `claim_every_s`: how often it looks for silent flushers' entries."""
         self._redis = redis
+        self._terms = terms or TermsBook(pool, settings)
         self._ack = redis.register_script(ACK)
         self._pool = pool
         self._settings = settings
@@ -347,7 +350,7 @@ class Flusher:
         drop consumers (workers gone) with nothing pending from the streams that remain."""
         for sale in sorted(self._registered):
             key = outbox.stream(sale)
-            closes = sale_window(sale, self._settings).closes_ms
+            closes = sale_window(sale, await self._terms.of(sale, fix=False)).closes_ms
             # Nothing is logged in a sale's outbox once it closed (sale.lua refuses on Redis'
             # clock; past the grace, workers log refusals in the running sale's outbox).
             if sale < running - 1 and closes + ENDED_GRACE_MS < now_ms():

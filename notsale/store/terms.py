@@ -1,0 +1,76 @@
+"""A sale's terms (size, user limit, hold time, open window) are fixed when it starts: the
+first worker to use a started sale writes the settings it runs with to `sale_terms`
+(sql/010), and every worker reads them from there ever after, whatever its own settings say.
+A restart with other settings changes only the sales that start later.
+
+PostgreSQL is the one record. Redis keeps no copy: each script run gets its sale's terms
+from the worker (sale.lua's ARGV), and Redis state is rebuilt from PostgreSQL anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg
+
+from notsale.clock import current_sale
+from notsale.config import Settings, Terms
+from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
+
+FIELDS = "sale_size, user_limit, hold_seconds, sale_open_seconds"
+# Fix the terms of sales that have none yet (the settings this worker runs with), and read
+# every asked sale's: whichever worker wrote a sale's row first, all read the same. (The
+# outer SELECT sees the table as it was when the statement began, hence the RETURNING.)
+FIX_AND_READ = f"""
+WITH fixed AS (
+  INSERT INTO sale_terms (sale_id, {FIELDS})
+  SELECT unnest($1::bigint[]), $2, $3, $4, $5
+  ON CONFLICT (sale_id) DO NOTHING
+  RETURNING sale_id, {FIELDS}
+)
+SELECT * FROM fixed
+UNION ALL
+SELECT sale_id, {FIELDS} FROM sale_terms WHERE sale_id = ANY($1)
+"""
+READ = f"SELECT sale_id, {FIELDS} FROM sale_terms WHERE sale_id = ANY($1)"
+
+
+class TermsBook:
+    """One worker's memory of the sales' terms. Fixed terms never change, so once read they
+    are kept. While PostgreSQL cannot answer, a sale not read yet gets this worker's
+    settings, not kept: its terms are fixed when PostgreSQL is back."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._known: dict[int, Terms] = {}
+
+    async def of(self, sale_id: int, fix: bool = True) -> Terms:
+        """A sale's terms. `fix`: a sale that has started gets them now if it has none yet
+        (what uses a sale: a checkout, a rebuild); else (what only reads: a page, a made-up
+        purchase code) such a sale is told the settings, and nothing is written."""
+        known = self._known.get(sale_id)
+        if known is not None:
+            return known
+        return (await self.of_many([sale_id], fix))[sale_id]
+
+    async def of_many(self, sale_ids: Iterable[int], fix: bool = True) -> dict[int, Terms]:
+        wanted = set(sale_ids)
+        found = {s: self._known[s] for s in wanted if s in self._known}
+        missing = sorted(wanted - found.keys())
+        now = self._settings.terms()
+        # Only a started sale is fixed: one not started yet (a future sale made ready ahead
+        # of its start) takes the settings it will start with.
+        started = [s for s in missing if s <= current_sale(now.sale_seconds)]
+        if started:
+            try:
+                fixing = (now.sale_size, now.user_limit, now.hold_seconds, now.sale_open_seconds)
+                query, args = (FIX_AND_READ, fixing) if fix else (READ, ())
+                rows = await self._pool.fetch(query, started, *args, timeout=QUERY_TIMEOUT_S)
+            except PG_DOWN:
+                rows = []
+            for row in rows:
+                fixed = {name: row[name] for name in FIELDS.split(", ")}
+                terms = Terms(sale_seconds=now.sale_seconds, **fixed)
+                self._known[row["sale_id"]] = found[row["sale_id"]] = terms
+        return {s: found.get(s, now) for s in wanted}
