@@ -13,7 +13,8 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
-from tests.support import assert_error, checkout
+from tests.faultproxy import in_front_of
+from tests.support import Stores, assert_error, checkout
 
 SALE_S = 4
 
@@ -46,3 +47,23 @@ async def test_a_restart_with_other_settings_keeps_the_running_sales_terms(
         assert (listed[sale]["size"], listed[sale]["user_limit"]) == (50, 3)
     stored = await db.fetch("SELECT sale_id, sale_size, user_limit FROM sale_terms ORDER BY 1")
     assert [tuple(r) for r in stored] == [(sale, 50, 3), (sale + 1, 40, 5)]
+
+
+async def test_a_sale_starting_while_postgres_hangs_sells_on_the_settings(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection, stores: Stores
+) -> None:
+    """Its terms cannot be fixed: its first checkouts wait for that at most TERMS_WAIT_S,
+    then go on with the worker's settings, and the terms are fixed once PostgreSQL is back."""
+    with in_front_of(stores.database_url, 5432) as (postgres, database_url):
+        settings = make_settings(sale_seconds=SALE_S, sale_size=30, database_url=database_url)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            assert (await checkout(client, "ann", 1)).status_code == 200
+            sale = current_sale(SALE_S)
+            with postgres.stalled():
+                await asyncio.sleep(SALE_S - time.time() % SALE_S + 0.1)  # the next sale
+                for user in ("bob", "cat", "dan"):
+                    started = time.monotonic()
+                    assert (await checkout(client, user, 2)).status_code in (200, 409)
+                    assert time.monotonic() - started < 1.0
+            assert current_sale(SALE_S) == sale + 1
+            assert_error(await checkout(client, "eve", 31), 404, "item_not_found")

@@ -9,13 +9,15 @@ from the worker (sale.lua's ARGV), and Redis state is rebuilt from PostgreSQL an
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 
 import asyncpg
 
 from notsale.clock import current_sale
 from notsale.config import Settings, Terms
-from notsale.store.pool import PG_DOWN, QUERY_TIMEOUT_S
+from notsale.store.pool import ACQUIRE_TIMEOUT_S, PG_DOWN, QUERY_TIMEOUT_S
 
 FIELDS = "sale_size, user_limit, hold_seconds, sale_open_seconds"
 # Fix the terms of sales that have none yet (the settings this worker runs with), and read
@@ -33,6 +35,12 @@ UNION ALL
 SELECT sale_id, {FIELDS} FROM sale_terms WHERE sale_id = ANY($1)
 """
 READ = f"SELECT sale_id, {FIELDS} FROM sale_terms WHERE sale_id = ANY($1)"
+# PostgreSQL answers a fixing in about a millisecond. A use of a sale waits for it at most
+# this long, then goes on with this worker's settings (the fixing goes on meanwhile), and
+# after PostgreSQL failed to answer it is not asked again for RETRY_AFTER_S: while it is
+# down, a sale not fixed yet still sells, its checkouts slowed by at most TERMS_WAIT_S.
+TERMS_WAIT_S = 0.1
+RETRY_AFTER_S = 5.0
 
 
 class TermsBook:
@@ -44,6 +52,10 @@ class TermsBook:
         self._pool = pool
         self._settings = settings
         self._known: dict[int, Terms] = {}
+        # The one fixing under way per sale: a new sale's first checkouts, arriving all at
+        # once, share it.
+        self._fixing: dict[int, asyncio.Future[dict[int, Terms]]] = {}
+        self._down_until = 0.0
 
     async def of(self, sale_id: int, fix: bool = True) -> Terms:
         """A sale's terms. `fix`: a sale that has started gets them now if it has none yet
@@ -52,7 +64,16 @@ class TermsBook:
         known = self._known.get(sale_id)
         if known is not None:
             return known
-        return (await self.of_many([sale_id], fix))[sale_id]
+        if not fix:
+            return (await self.of_many([sale_id], fix=False))[sale_id]
+        fixing = self._fixing.get(sale_id)
+        if fixing is None:
+            fixing = self._fixing[sale_id] = asyncio.ensure_future(self.of_many([sale_id]))
+            fixing.add_done_callback(lambda _: self._fixing.pop(sale_id, None))
+        try:
+            return (await asyncio.wait_for(asyncio.shield(fixing), TERMS_WAIT_S))[sale_id]
+        except TimeoutError:
+            return self._settings.terms()
 
     async def of_many(self, sale_ids: Iterable[int], fix: bool = True) -> dict[int, Terms]:
         wanted = set(sale_ids)
@@ -62,13 +83,15 @@ class TermsBook:
         # Only a started sale is fixed: one not started yet (a future sale made ready ahead
         # of its start) takes the settings it will start with.
         started = [s for s in missing if s <= current_sale(now.sale_seconds)]
-        if started:
+        rows: list[asyncpg.Record] = []
+        if started and time.monotonic() >= self._down_until:
+            fixing = (now.sale_size, now.user_limit, now.hold_seconds, now.sale_open_seconds)
+            query, args = (FIX_AND_READ, fixing) if fix else (READ, ())
             try:
-                fixing = (now.sale_size, now.user_limit, now.hold_seconds, now.sale_open_seconds)
-                query, args = (FIX_AND_READ, fixing) if fix else (READ, ())
-                rows = await self._pool.fetch(query, started, *args, timeout=QUERY_TIMEOUT_S)
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    rows = await conn.fetch(query, started, *args, timeout=QUERY_TIMEOUT_S)
             except PG_DOWN:
-                rows = []
+                self._down_until = time.monotonic() + RETRY_AFTER_S
             for row in rows:
                 fixed = {name: row[name] for name in FIELDS.split(", ")}
                 terms = Terms(sale_seconds=now.sale_seconds, **fixed)
