@@ -119,6 +119,24 @@ async def test_writing_the_same_rows_twice_is_harmless(
     ]
 
 
+async def test_postgresql_holds_each_purchase_to_its_sales_own_limit(
+    pool: asyncpg.Pool, db: asyncpg.Connection, write: Any
+) -> None:
+    """A sale whose terms were fixed (sql/010) is checked against its own limit, whatever the
+    limit given now (LIMIT, 3); a sale without fixed terms against the one given."""
+    await db.execute(
+        "INSERT INTO sale_terms (sale_id, sale_size, user_limit, hold_seconds, sale_open_seconds)"
+        " VALUES (7, 100, 5, 60, 3600), (8, 100, 2, 60, 3600)"
+    )
+    rows = [PurchaseRow(sale, item, "u", f"c{sale}{item}", NOW, item) for sale in (7, 8, 9)
+            for item in (1, 2, 3, 4, 5)]  # fmt: skip
+    async with pool.acquire() as conn:
+        refused = await write(conn, [], rows)
+    assert sorted(refused) == ["c83", "c84", "c85", "c94", "c95"]
+    stored = await db.fetch("SELECT sale_id, count(*) FROM purchases GROUP BY 1 ORDER BY 1")
+    assert [tuple(r) for r in stored] == [(7, 5), (8, 2), (9, 3)]
+
+
 async def test_the_group_commit_replaces_a_connection_postgresql_dropped(
     settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
