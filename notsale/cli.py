@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,7 +18,7 @@ from granian.http import HTTP1Settings
 
 from notsale.clock import current_sale
 from notsale.config import Settings, redis_cluster
-from notsale.connections import REDIS_DOWN, connect
+from notsale.connections import REDIS_DOWN, Client, connect
 from notsale.logs import ACCESS_FORMAT, log_config
 from notsale.recovery.reconcile import Reconciler
 from notsale.recovery.verify import readable, verify
@@ -143,17 +145,24 @@ def granian(settings: Settings) -> Any:
     )
 
 
+@contextlib.asynccontextmanager
+async def stores(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
+    """A command's Redis client and PostgreSQL pool, closed after it."""
+    pool = await create_pool(settings.database_url)
+    try:
+        async with connect(settings.redis_url) as redis:
+            yield redis, pool
+    finally:
+        await pool.close()
+
+
 def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> int:
     """Exit 1 when the sale lost anything (see recovery/verify.py)."""
 
     async def run() -> int:
         sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
-        pool = await create_pool(settings.database_url)
-        try:
-            async with connect(settings.redis_url) as redis:
-                report = await verify(redis, pool, settings, sale)
-        finally:
-            await pool.close()
+        async with stores(settings) as (redis, pool):
+            report = await verify(redis, pool, settings, sale)
         print(msgspec.json.encode(report).decode() if as_json else readable(report))
         return 0 if report.ok else 1
 
@@ -166,16 +175,12 @@ def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> i
 
 async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
     sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
-    pool = await create_pool(settings.database_url)
-    try:
-        async with connect(settings.redis_url) as redis:
-            reconciler = Reconciler(redis, pool, settings)
-            if not check:
-                restored = await reconciler.rebuild(sale)  # after any under way
-                print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
-            found = await reconciler.differences(sale)
-    finally:
-        await pool.close()
+    async with stores(settings) as (redis, pool):
+        reconciler = Reconciler(redis, pool, settings)
+        if not check:
+            restored = await reconciler.rebuild(sale)  # after any under way
+            print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
+        found = await reconciler.differences(sale)
     for difference in found:
         print(f"sale {sale}: {difference.what}: {difference.detail}")
     if not found:

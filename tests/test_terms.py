@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
+from notsale.store.terms import UNFIXED_S, TermsBook
 from tests.faultproxy import in_front_of
 from tests.support import Stores, assert_error, checkout
 
@@ -67,3 +68,22 @@ async def test_a_sale_starting_while_postgres_hangs_sells_on_the_settings(
                     assert time.monotonic() - started < 1.0
             assert current_sale(SALE_S) == sale + 1
             assert_error(await checkout(client, "eve", 31), 404, "item_not_found")
+
+
+async def test_a_read_of_a_sale_without_terms_asks_postgresql_once_a_second(
+    settings: Settings, pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """Pages and made-up purchase codes of a sale no worker used yet are told the settings
+    and write nothing; such a read asks PostgreSQL again only UNFIXED_S later."""
+    book = TermsBook(pool, settings)
+    sale = current_sale(settings.sale_seconds)
+    assert await book.of(sale, fix=False) == settings.terms()
+    assert await db.fetchval("SELECT count(*) FROM sale_terms") == 0
+    await db.execute(  # another worker fixes it
+        "INSERT INTO sale_terms (sale_id, sale_size, user_limit, hold_seconds, sale_open_seconds)"
+        " VALUES ($1, 7, 1, 60, 3600)",
+        sale,
+    )
+    assert await book.of(sale, fix=False) == settings.terms()  # not asked again yet
+    await asyncio.sleep(UNFIXED_S + 0.1)
+    assert (await book.of(sale, fix=False)).sale_size == 7

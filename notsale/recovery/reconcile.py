@@ -133,7 +133,7 @@ class Reconciler:
 
     async def mark_ahead(self, sale_id: int) -> bool:
         """Mark a sale that has not started yet ready (see mark_ahead.lua); False once it has."""
-        window = sale_window(sale_id, await self._terms.of(sale_id))
+        window = sale_window(sale_id, self._settings)  # not started: the settings are its terms
         args = [window.starts_ms, window.closes_ms + KEEP_AFTER_SALE_MS]
         return bool(await self._ahead(keys=[sale_keys(sale_id).ready], args=args))
 
@@ -149,7 +149,12 @@ class Reconciler:
         if not await self._redis.exists([outbox.stream(sale_id)]):
             return 0
         flusher = Flusher(
-            self._redis, self._pool, self._settings, sale_ids=[sale_id], claim_idle_ms=0
+            self._redis,
+            self._pool,
+            self._settings,
+            sale_ids=[sale_id],
+            claim_idle_ms=0,
+            terms=self._terms,
         )
         total = 0
         while written := await flusher.flush_once(block_ms=1):

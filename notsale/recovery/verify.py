@@ -55,7 +55,8 @@ class Report(msgspec.Struct, frozen=True):
 async def verify(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: int) -> Report:
     """What is wrong with a sale, if anything. A purchase PostgreSQL refused (after Redis
     lost writes: it was never answered 200) is listed among the rejects, not a failure."""
-    terms = await TermsBook(pool, settings).of(sale_id, fix=False)
+    book = TermsBook(pool, settings)
+    terms = await book.of(sale_id, fix=False)
     rules = (
         ("item_sold_twice", SOLD_TWICE, ()),
         ("item_outside_sale", OUTSIDE_SALE, (terms.sale_size,)),
@@ -67,7 +68,7 @@ async def verify(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id:
         for what, query, bound in rules
         for row in await pool.fetch(query, sale_id, *bound, timeout=QUERY_TIMEOUT_S)
     ]
-    failures += await Reconciler(redis, pool, settings).differences(sale_id)
+    failures += await Reconciler(redis, pool, settings, book).differences(sale_id)
     purchases = await pool.fetchval(
         "SELECT count(*) FROM purchases WHERE sale_id = $1", sale_id, timeout=QUERY_TIMEOUT_S
     )

@@ -41,6 +41,11 @@ READ = f"SELECT sale_id, {FIELDS} FROM sale_terms WHERE sale_id = ANY($1)"
 # down, a sale not fixed yet still sells, its checkouts slowed by at most TERMS_WAIT_S.
 TERMS_WAIT_S = 0.1
 RETRY_AFTER_S = 5.0
+# A started sale that a read found without terms (no worker used it yet) is told the
+# settings, and PostgreSQL is asked about it again only this much later: pages and made-up
+# purchase codes of such a sale cost PostgreSQL a query a second per worker, not one each.
+UNFIXED_S = 1.0
+UNFIXED_MAX = 10_000
 
 
 class TermsBook:
@@ -56,6 +61,7 @@ class TermsBook:
         # once, share it.
         self._fixing: dict[int, asyncio.Future[dict[int, Terms]]] = {}
         self._down_until = 0.0
+        self._unfixed_until: dict[int, float] = {}
 
     async def of(self, sale_id: int, fix: bool = True) -> Terms:
         """A sale's terms. `fix`: a sale that has started gets them now if it has none yet
@@ -82,9 +88,15 @@ class TermsBook:
         now = self._settings.terms()
         # Only a started sale is fixed: one not started yet (a future sale made ready ahead
         # of its start) takes the settings it will start with.
-        started = [s for s in missing if s <= current_sale(now.sale_seconds)]
+        asked_at = time.monotonic()
+        started = [
+            s
+            for s in missing
+            if s <= current_sale(now.sale_seconds)
+            and (fix or self._unfixed_until.get(s, 0.0) <= asked_at)
+        ]
         rows: list[asyncpg.Record] = []
-        if started and time.monotonic() >= self._down_until:
+        if started and asked_at >= self._down_until:
             fixing = (now.sale_size, now.user_limit, now.hold_seconds, now.sale_open_seconds)
             query, args = (FIX_AND_READ, fixing) if fix else (READ, ())
             try:
@@ -96,4 +108,10 @@ class TermsBook:
                 fixed = {name: row[name] for name in FIELDS.split(", ")}
                 terms = Terms(sale_seconds=now.sale_seconds, **fixed)
                 self._known[row["sale_id"]] = found[row["sale_id"]] = terms
+            if not fix and asked_at >= self._down_until:
+                if len(self._unfixed_until) > UNFIXED_MAX:
+                    self._unfixed_until.clear()
+                for sale in started:
+                    if sale not in found:
+                        self._unfixed_until[sale] = asked_at + UNFIXED_S
         return {s: found.get(s, now) for s in wanted}
