@@ -26,7 +26,7 @@ from notsale.api.metrics import MetricsController
 from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.page import PageController
 from notsale.api.purchase import PurchaseController, purchase
-from notsale.api.sales import SalesController
+from notsale.api.sales import ITEMS_PAGE, SalesController
 from notsale.api.users import UsersController
 from notsale.clock import current_sale
 from notsale.config import Settings
@@ -153,7 +153,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     document_hot_routes(app)
     document_raw_parameters(app.openapi_schema)
-    app.asgi_handler = straight(app.asgi_handler, {"/checkout": checkout, "/purchase": purchase})
+    app.asgi_handler = straight(
+        app.asgi_handler, {"/checkout": checkout, "/purchase": purchase}, [ITEMS_PAGE]
+    )
     if settings.metrics:
         app.asgi_handler = metrics.metered(app.asgi_handler)
     return app

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notsale.api.models import ItemsBody
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
@@ -293,6 +295,36 @@ async def test_item_pages_cost_redis_one_read_per_block_however_they_vary(
         assert [i["item_id"] for i in items] == list(range(first, min(first + count, 251)))
         held = [i["item_id"] for i in items if i["status"] == "held"]
         assert held == ([150] if first <= 150 < first + count else [])
+        # Written from the blocks' bytes, exactly as the model encodes.
+        model = msgspec.json.decode(answer.content, type=ItemsBody)
+        assert answer.content == msgspec.json.encode(model)
+
+
+async def test_an_items_page_answered_straight_is_litestars_answer(client: Client) -> None:
+    """The items page skips Litestar's router (api/hot.py); the same path with a trailing
+    slash goes through it, and both answer alike: body, tag, 304, gzip, errors, metrics."""
+    sale = current_sale(3600)
+    await checkout(client, "ann", 3)
+    query = {"from": "2", "count": "15"}
+    straight, routed = [
+        await client.get(f"/sales/{sale}/items{tail}", params=query) for tail in ("", "/")
+    ]
+    assert straight.content == routed.content
+    assert straight.headers["etag"] == routed.headers["etag"]
+    for answer in (straight, routed):
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-cache"
+    assert [i["status"] for i in straight.json()["items"]][:2] == ["available", "held"]
+    tag = {"If-None-Match": straight.headers["etag"]}
+    unchanged = await client.get(f"/sales/{sale}/items", params=query, headers=tag)
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    zipped = await client.get(f"/sales/{sale}/items", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.json()["items"][2]["status"] == "held"  # httpx unzipped it
+    assert_error(await client.get(f"/sales/{sale}/items?from=07"), 400, "invalid_request")
+    assert_error(await client.get(f"/sales/{sale + 1}/items"), 404, "item_not_found")
+    assert_error(await client.post(f"/sales/{sale}/items"), 405, "method_not_allowed")
 
 
 async def test_a_hold_let_expire_cannot_be_retaken_at_once_by_its_user(

@@ -11,15 +11,20 @@ a client whose copy is current gets 304 (a tab polling an unchanged sale gets no
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from litestar import Controller, Request, Response, get
+from litestar.datastructures import MultiDict
 from litestar.params import FromPath, Parameter, QueryParameter
+from litestar.types import Receive, Scope, Send
 
 from notsale.api import params
 from notsale.api.errors import error_responses
+from notsale.api.hot import GetRoute, query_of, send_revalidated
 from notsale.api.models import ItemBody, ItemsBody, OpenSaleBody, SaleBody, SalesBody
 from notsale.api.params import PAGE_MAX
 from notsale.api.shared import (
@@ -36,14 +41,14 @@ from notsale.catalog import image_url, item_name, item_svg
 from notsale.clock import current_sale, now_ms, rfc3339, sale_window, unclosed_sales
 from notsale.errors import ErrorCode
 from notsale.pictures import PICTURE_VERSION
-from notsale.services import Services, ServicesDep
+from notsale.services import Services, ServicesDep, services_of
 from notsale.store import queries
 
 ITEM_ERRORS = error_responses(ErrorCode.ITEM_NOT_FOUND)
 Req = Request[Any, Any, Any]
 PAGE_DEFAULT = 100
 # Item statuses are read from Redis, and kept, by fixed blocks of this many (see
-# page_statuses); a page of at most PAGE_MAX items spans at most two.
+# page); a page of at most PAGE_MAX items spans at most two.
 BLOCK = 100
 # Pictures never change for a given (sale, item, PICTURE_VERSION).
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -60,23 +65,65 @@ async def statuses(services: Services, sale_id: int, first: int, count: int) -> 
     return ["sold" if item in sold else "available" for item in range(first, first + count)]
 
 
-async def page_statuses(services: Services, sale_id: int, first: int, count: int) -> list[str]:
-    """The statuses of items first..first+count-1, read by fixed blocks of BLOCK items, each
-    kept for a second: however a client varies `from` and `count`, a page costs Redis at
-    most two block reads a second, and a sale has at most SALE_SIZE / BLOCK blocks to keep."""
-    size = (await services.terms.of(sale_id, fix=False)).sale_size
-    blocks = range((first - 1) // BLOCK, (first + count - 2) // BLOCK + 1)
+class Block(NamedTuple):
+    """A block of a sale's items as the items page writes them, each item's JSON encoded, and
+    a tag of their statuses."""
 
-    def read(block: int) -> Awaitable[list[str]]:
-        start = block * BLOCK + 1
-        key = ("items", sale_id, block)
+    tag: str
+    items: list[bytes]
+
+
+async def block(services: Services, sale_id: int, index: int, size: int) -> Block:
+    first = index * BLOCK + 1
+    found = await statuses(services, sale_id, first, min(BLOCK, size - first + 1))
+    items = [
+        ENCODER.encode(
+            ItemBody(sale_id, item, item_name(sale_id, item), image_url(sale_id, item), s)
+        )
+        for item, s in enumerate(found, first)
+    ]
+    return Block(
+        hashlib.blake2b("".join(s[0] for s in found).encode(), digest_size=8).hexdigest(), items
+    )
+
+
+async def page(services: Services, sale_raw: str, query: MultiDict[str]) -> tuple[bytes, str]:
+    """An items page (GET /sales/{sale_id}/items) and its ETag. Its items are read by fixed
+    blocks of BLOCK, each kept for a second, encoded: however a client varies `from` and
+    `count`, a page costs Redis at most two block reads a second (a sale has at most
+    SALE_SIZE / BLOCK blocks to keep), and the worker a join of bytes."""
+    sale = await started_sale(sale_raw, services)
+    size = (await services.terms.of(sale, fix=False)).sale_size
+    first = params.item_id(params.single(query, "from"), size, "from") if "from" in query else 1
+    wanted = params.integer(params.single(query, "count"), "count") if "count" in query else 0
+    if "count" in query and not 1 <= wanted <= PAGE_MAX:
+        raise params.invalid(f"`count` must be 1 to {PAGE_MAX}.")
+    count = min(wanted or PAGE_DEFAULT, size - first + 1)
+    indexes = range((first - 1) // BLOCK, (first + count - 2) // BLOCK + 1)
+
+    def read(index: int) -> Awaitable[Block]:
         return services.recent.get(
-            key, lambda: statuses(services, sale_id, start, min(BLOCK, size - start + 1))
+            ("items", sale, index), lambda: block(services, sale, index, size)
         )
 
-    found = [status for block in await asyncio.gather(*map(read, blocks)) for status in block]
-    skip = first - 1 - blocks[0] * BLOCK
-    return found[skip : skip + count]
+    blocks = await asyncio.gather(*map(read, indexes))
+    skip = first - 1 - indexes[0] * BLOCK
+    items = [item for b in blocks for item in b.items][skip : skip + count]
+    # As ENCODER writes an ItemsBody (a test holds them equal).
+    body = b'{"sale_id":%d,"items":[%b]}' % (sale, b",".join(items))
+    tags = "".join(b.tag for b in blocks)
+    return body, f'W/"{sale}-{first}-{count}-{tags}"'
+
+
+async def items_page(scope: Scope, receive: Receive, send: Send) -> None:
+    """GET /sales/{sale_id}/items, answered straight (notsale.api.hot): anyone may ask for it
+    as often as for a checkout, and Litestar's machinery had cost it 4 times a checkout's
+    worker CPU (bench/RESULTS.md)."""
+    body, tag = await page(services_of(scope), scope["path"].split("/")[2], query_of(scope))
+    await send_revalidated(scope, send, body, tag)
+
+
+ITEMS_PAGE = GetRoute(re.compile(r"/sales/[^/]+/items"), "/sales/{sale_id}/items", items_page)
 
 
 async def open_sales(services: Services) -> bytes:
@@ -139,23 +186,9 @@ class SalesController(Controller):
             str | None, Parameter(description=f"1..{PAGE_MAX}, default {PAGE_DEFAULT}")
         ] = None,
     ) -> Response[bytes]:
-        sale = await started_sale(sale_id, services)
-        query = request.query_params
-        size = (await services.terms.of(sale, fix=False)).sale_size
-        first = params.item_id(params.single(query, "from"), size, "from") if "from" in query else 1
-        wanted = params.integer(params.single(query, "count"), "count") if "count" in query else 0
-        if "count" in query and not 1 <= wanted <= PAGE_MAX:
-            raise params.invalid(f"`count` must be 1 to {PAGE_MAX}.")
-        count_ = min(wanted or PAGE_DEFAULT, size - first + 1)
-        found = await page_statuses(services, sale, first, count_)
-        body = ItemsBody(
-            sale,
-            [
-                ItemBody(sale, item, item_name(sale, item), image_url(sale, item), status)
-                for item, status in zip(range(first, first + count_), found, strict=True)
-            ],
-        )
-        return revalidated(request, ENCODER.encode(body))
+        # Reached only by paths Litestar normalizes (a trailing slash): see ITEMS_PAGE.
+        body, tag = await page(services, sale_id, request.query_params)
+        return revalidated(request, body, tag=tag)
 
     @get(
         "/{sale_id:str}/items/{item_id:str}",

@@ -14,6 +14,7 @@ from litestar import MediaType, Request, Response
 from litestar.openapi import ResponseSpec
 
 from notsale.api import params
+from notsale.api.hot import current
 from notsale.api.models import PurchaseBody, SaleBody
 from notsale.catalog import item_name
 from notsale.clock import current_sale, rfc3339, sale_window
@@ -46,7 +47,7 @@ def revalidated(
     """`body`, or 304 and no body when the client's copy (If-None-Match) is current: a page
     that polls an unchanged answer gets a few hundred bytes instead of it."""
     tag = tag or etag(body)
-    fresh = tag in request.headers.get("if-none-match", "").split(", ")
+    fresh = current(request.headers.get("if-none-match", ""), tag)
     return Response(
         b"" if fresh else body,
         status_code=304 if fresh else 200,
