@@ -1,16 +1,17 @@
 """What a stranger can cost the service: each finding of the hardening review, replayed.
 
     python -m bench.attacks [--against REV]
-    python -m bench.attacks --pages-beside-stampede PAIRS
+    python -m bench.attacks --pages-beside-stampede ROUNDS
 
 Serves this code (and, with `--against`, that git revision first, on a fresh database and
 Redis DB index of its own) and replays every attack of the review once, printing what each
 cost. Redis CPU is the server's own counter: run nothing else against it meanwhile.
 
-`--pages-beside-stampede`: finding 3 under load. PAIRS pairs of checkout stampedes (wrk,
-bench/wrk/checkout.lua), one alone and one with 1,000 item pages a second of varied `from`
-and `count` beside it (bench/wrk/pages.lua), alternating which goes first, each on a fresh
-sale; prints what the pages cost the stampede.
+`--pages-beside-stampede`: finding 3 under load. ROUNDS rounds of three checkout stampedes
+(wrk, bench/wrk/checkout.lua), each on a fresh sale: one alone, one with 1,000 item pages a
+second of varied `from` and `count` beside it (bench/wrk/pages.lua), and one with 1,000 GETs
+a second of no route (404): what any request costs the stampede at that rate on this
+machine. Prints what each cost the stampede.
 """
 
 from __future__ import annotations
@@ -179,44 +180,45 @@ async def attacks(
 
 
 STAMPEDE_S = 8
-PAGE_CONNECTIONS = 20  # sharing one schedule (pages.lua): 1,000 pages a second
+PAGE_CONNECTIONS = 40  # sharing one schedule (pages.lua): 1,000 requests a second
+# What runs beside each stampede of a round: nothing, item pages, and as many requests for
+# no route (404, answered by Litestar's router): the floor any request costs at that rate.
+BESIDE = {"alone": None, "pages": "/sales/{sale}/items", "404s": "/no-such-route"}
 
 
-def stampede(env: dict[str, str], pages: bool) -> dict[str, float]:
-    """A checkout stampede on a fresh sale, with item pages beside it or not: checkouts a
-    second, and the server's and Redis' CPU per checkout; the pages' rate."""
+def stampede(env: dict[str, str], beside: str | None) -> dict[str, float]:
+    """A checkout stampede on a fresh sale, with 1,000 GETs a second of `beside` (varied
+    `from` and `count`) or nothing beside it: checkouts a second, and the server's and
+    Redis' CPU per checkout; the rate the GETs reached."""
     url = f"http://127.0.0.1:{PORT}"
     sale = current_sale(Settings.from_env().sale_seconds)
     serve = [sys.executable, "-m", "notsale", "serve"]
-    beside = [
-        "wrk",
-        "-t1",
-        f"-c{PAGE_CONNECTIONS}",
-        f"-d{STAMPEDE_S}s",
-        "-s",
-        str(WRK / "pages.lua"),
-    ]
+    driver = ["wrk", "-t1", f"-c{PAGE_CONNECTIONS}", f"-d{STAMPEDE_S}s", "-s"]
     with running(serve, env, f"{url}/health") as server, contextlib.ExitStack() as stack:
-        if pages:
-            driver = subprocess.Popen(
-                [*beside, f"{url}/sales/{sale}/items"], stdout=subprocess.PIPE, text=True
+        if beside is not None:
+            gets = subprocess.Popen(
+                [*driver, str(WRK / "pages.lua"), url + beside.format(sale=sale)],
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            stack.callback(driver.wait)
+            stack.callback(gets.wait)
         with cpu_budget(server) as spent:
             got = wrk(url, STAMPEDE_S, "checkout.lua")
-        rate = WRK_LINE.search(driver.communicate()[0]) if pages else None
+        rate = WRK_LINE.search(gets.communicate()[0]) if beside is not None else None
     return {
         "rps": got["rps"],
         "server_us": spent["server"] / got["requests"] * 1e6,
         "redis_us": spent["Redis"] / got["requests"] * 1e6,
-        "pages": float(rate[1]) if rate else 0.0,
+        "redis_ms_per_s": spent["Redis"] / got["seconds"] * 1e3,
+        "gets": float(rate[1]) if rate else 0.0,
     }
 
 
-def pages_beside_stampede(pairs: int) -> None:
-    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-    for pair in range(pairs):
-        for pages in (False, True) if pair % 2 == 0 else (True, False):
+def pages_beside_stampede(rounds: int) -> None:
+    runs: dict[str, list[dict[str, float]]] = {what: [] for what in BESIDE}
+    for round_ in range(rounds):
+        order = list(BESIDE)
+        for what in order[round_ % 3 :] + order[: round_ % 3]:  # each goes first in turn
             database_url, redis_url = fresh_stores(Settings.from_env())
             env = {
                 **os.environ,
@@ -225,17 +227,20 @@ def pages_beside_stampede(pairs: int) -> None:
                 "NOTSALE_WORKERS": "2",
                 "NOTSALE_PORT": str(PORT),
             }
-            runs[pages].append(stampede(env, pages))
-            got = runs[pages][-1]
+            runs[what].append(stampede(env, BESIDE[what]))
+            got = runs[what][-1]
             print(
-                f"pair {pair + 1}, {'with pages' if pages else 'alone'}: {got['rps']:.0f}"
-                f" checkouts/s, server {got['server_us']:.0f} µs and Redis"
-                f" {got['redis_us']:.1f} µs per checkout; pages {got['pages']:.0f}/s",
+                f"round {round_ + 1}, {what}: {got['rps']:.0f} checkouts/s, server"
+                f" {got['server_us']:.0f} µs and Redis {got['redis_us']:.1f} µs per checkout;"
+                f" Redis {got['redis_ms_per_s']:.0f} ms/s; beside it {got['gets']:.0f} GETs/s",
                 flush=True,
             )
-    for what in ("rps", "server_us", "redis_us"):
-        ratios = [w[what] / a[what] for a, w in zip(runs[False], runs[True], strict=True)]
-        print(f"{what}: with pages / alone, median of {pairs} pairs: x{median(ratios):.3f}")
+    for what in ("rps", "server_us", "redis_us", "redis_ms_per_s"):
+        for beside in ("pages", "404s"):
+            ratios = [w[what] / a[what] for a, w in zip(runs["alone"], runs[beside], strict=True)]
+            print(
+                f"{what}: with {beside} / alone, median of {rounds} rounds: x{median(ratios):.3f}"
+            )
 
 
 def measure(code: Path | None) -> dict[str, str]:
@@ -261,7 +266,7 @@ def measure(code: Path | None) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
     parser.add_argument("--against", help="a git revision to attack first, for comparison")
-    parser.add_argument("--pages-beside-stampede", type=int, metavar="PAIRS")
+    parser.add_argument("--pages-beside-stampede", type=int, metavar="ROUNDS")
     args = parser.parse_args()
     if args.pages_beside_stampede:
         pages_beside_stampede(args.pages_beside_stampede)
