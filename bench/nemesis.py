@@ -44,7 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE checkout_attempts, purchases, outbox_rejects, sale_terms")
+        await conn.execute(
+            "TRUNCATE checkout_attempts, purchases, outbox_rejects, sale_terms, queue_seeds"
+        )
     finally:
         await conn.close()
 

@@ -35,7 +35,7 @@ from bench.support import Runner, checkout_ops
 from notsale import outbox
 from notsale.clock import current_sale
 from notsale.engine.lane import Lane
-from notsale.keys import sale_keys
+from notsale.engine.sale import script_keys
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ["coredis6", "coredis6-held-connection", "coredis5", "redis-py-hiredis", "notsale-lane"]
@@ -131,7 +131,7 @@ def test_clients_sale_lua(
     call, _ = evalsha
     sale = current_sale(runner.settings.sale_seconds)
     runner.run(runner.engine.checkout("warmup", 1))  # the sale made ready, the script loaded
-    keys = list(sale_keys(sale))
+    keys = script_keys(sale)
     head = runner.engine.head(sale, runner.settings.terms())
     sha = runner.engine.sale_script.sha
 

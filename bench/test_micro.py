@@ -17,7 +17,7 @@ from notsale.api.models import CheckoutBody
 from notsale.catalog import item_name
 from notsale.clock import current_sale
 from notsale.engine.codes import new_code
-from notsale.keys import sale_keys
+from notsale.engine.sale import script_keys
 from notsale.store.batches import copy_rows, insert_rows, write_groups
 from notsale.store.rows import AttemptRow, PurchaseRow
 
@@ -47,7 +47,7 @@ def test_pipeline_of_100_single_checkout_evalshas(benchmark: Any, runner: Runner
         async with runner.redis.pipeline(transaction=False) as pipe:
             for i in range(BATCH):
                 ops = checkout_ops(runner, 1)
-                runner.engine.sale_script(keys=sale_keys(sale), args=[*head, *ops], client=pipe)
+                runner.engine.sale_script(keys=script_keys(sale), args=[*head, *ops], client=pipe)
                 del i
 
     benchmark.extra_info["ops_per_call"] = BATCH

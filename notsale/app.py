@@ -18,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.params import FromPath
 
 from notsale import __version__, metrics
+from notsale.admission import Admissions
 from notsale.api.checkout import CheckoutController, checkout
 from notsale.api.errors import EXCEPTION_HANDLERS
 from notsale.api.health import HealthController
@@ -26,11 +27,13 @@ from notsale.api.metrics import MetricsController
 from notsale.api.openapi import document_hot_routes, document_raw_parameters
 from notsale.api.page import PageController
 from notsale.api.purchase import PurchaseController, purchase
+from notsale.api.queue import QueueController
 from notsale.api.sales import ITEMS_PAGE, SalesController
 from notsale.api.users import UsersController
 from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.connections import REDIS_DOWN, connect
+from notsale.engine.queue import WaitingRoom
 from notsale.engine.sale import SaleEngine
 from notsale.errors import NotsaleError
 from notsale.identity import Identity
@@ -40,6 +43,7 @@ from notsale.recovery.watch import Watch, warn_on_eviction
 from notsale.services import Services, services_from_state
 from notsale.store.flusher import Flusher
 from notsale.store.pool import READ_POOL_MAX_SIZE, create_pool
+from notsale.store.seeds import SeedBook
 from notsale.store.terms import TermsBook
 from notsale.store.writer import GroupCommit
 
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     setup_logging(settings.log_format)
     metrics.enabled = settings.metrics
     identity = Identity(settings)  # a JWKS file that cannot be used fails here
+    admissions = Admissions(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(served: Litestar) -> AsyncIterator[None]:
@@ -89,8 +94,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine = SaleEngine(redis, settings, prepare=reconciler.ensure_ready, terms=terms.of)
             stack.callback(engine.close)
             watch = Watch(engine, reconciler, settings)
+            seeds = SeedBook(pool)
+            queue = WaitingRoom(redis, settings, seeds.of, lambda s: terms.of(s, fix=False))
             served.state.services = Services(
-                settings, redis, engine, pool, reads, writer, flusher, reconciler, identity, terms
+                settings,
+                redis,
+                engine,
+                pool,
+                reads,
+                writer,
+                flusher,
+                reconciler,
+                identity,
+                terms,
+                queue,
+                admissions,
+                seeds,
             )
             try:
                 # Before the first request: mark the next sale ready, fix the running one's
@@ -129,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             CheckoutController,
             PurchaseController,
             SalesController,
+            QueueController,
             UsersController,
             HealthController,
             PageController,

@@ -77,6 +77,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     identity: Literal["query", "jwt"] = "query"
     jwt_jwks: str = ""
     jwt_secret: str = ""
+    # How buyers reach checkout (notsale/admission.py): "open", anyone at any time (the queue
+    # routes admit every join at once); "queue", a checkout needs an admission, given in
+    # queue order while fewer than active_max admitted buyers of the sale are active.
+    admission: Literal["open", "queue"] = "open"
+    # The admissions' signing keys, comma-separated: the first signs, all are accepted (a new
+    # key goes first; the old one stays until what it signed expired). Required for "queue".
+    admission_secret: str = ""
+    # A sale's queue opens this long before its start (joins then are shuffled at the start).
+    prequeue_seconds: int = 600
+    active_max: int = 2000
+    # An admission is good for this long.
+    admission_seconds: int = 600
     # "json": one JSON object per line; "text": readable lines; "auto": text on a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
     # One line per request from granian (method, path, status, time; never the query).
@@ -95,10 +107,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "hold_seconds",
             "sale_open_seconds",
             "outbox_max",
+            "active_max",
+            "admission_seconds",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-        for name in ("cooldown_seconds", "trusted_proxies"):
+        for name in ("cooldown_seconds", "trusted_proxies", "prequeue_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 0")
         if self.holds_max == 0:
@@ -107,6 +121,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"{ENV_PREFIX}IDENTITY=jwt needs {ENV_PREFIX}JWT_JWKS (a file) or"
                 f" {ENV_PREFIX}JWT_SECRET (at least {SECRET_MIN} characters)"
+            )
+        if self.admission == "queue" and not all(
+            len(key) >= SECRET_MIN for key in self.admission_secret.split(",")
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}ADMISSION=queue needs {ENV_PREFIX}ADMISSION_SECRET: one key, or"
+                f" several comma-separated, each of at least {SECRET_MIN} characters"
             )
         if self.port > 65535:
             raise SettingsError(f"{ENV_PREFIX}PORT must be at most 65535")

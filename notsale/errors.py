@@ -21,6 +21,10 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    ADMISSION_REQUIRED = "admission_required"
+    ADMISSION_INVALID = "admission_invalid"
+    TICKET_INVALID = "ticket_invalid"
+    TOO_EARLY = "too_early"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -39,6 +43,10 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.ADMISSION_REQUIRED: 403,
+    ErrorCode.ADMISSION_INVALID: 403,
+    ErrorCode.TICKET_INVALID: 403,
+    ErrorCode.TOO_EARLY: 429,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -67,6 +75,15 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ),
     ErrorCode.UNAUTHENTICATED: "This route needs a valid bearer token (Authorization: Bearer …).",
     ErrorCode.FORBIDDEN: "The user_id is not the bearer token's subject.",
+    ErrorCode.ADMISSION_REQUIRED: (
+        "This sale admits buyers from its queue: join it (POST /sales/{sale_id}/queue) and"
+        " check out with the admission it gives you."
+    ),
+    ErrorCode.ADMISSION_INVALID: (
+        "This admission is forged, expired, or for another sale or user; poll your ticket."
+    ),
+    ErrorCode.TICKET_INVALID: "No such ticket in this sale's queue.",
+    ErrorCode.TOO_EARLY: "Polled sooner than poll_after_ms; ask again after Retry-After seconds.",
 }
 
 
@@ -81,10 +98,13 @@ class Failed(StrEnum):
 class NotsaleError(Exception):
     """An answer of the contract that is not a success; the app maps it to JSON."""
 
-    def __init__(self, code: ErrorCode, detail: str | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, detail: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         self.code = code
         self.status = STATUS[code]
         self.detail = detail or DEFAULT_DETAIL[code]
+        self.retry_after_s = retry_after_s  # sent as Retry-After
         super().__init__(f"{code}: {self.detail}")
 
 

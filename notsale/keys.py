@@ -39,3 +39,20 @@ HOLDS_PREFIX = "notsale:holds:"
 
 def holds_key(user_id: str) -> str:
     return HOLDS_PREFIX + user_id
+
+
+class QueueKeys(NamedTuple):
+    """The keys of one sale's waiting room, in the sale's slot, in the KEYS order of
+    queue.lua (its header says what each holds); `active` is also sale.lua's last key."""
+
+    queue: str
+    tickets: str
+    queuers: str
+    order: str
+    prequeue: str
+    active: str
+    since: str
+
+
+def queue_keys(sale_id: int) -> QueueKeys:
+    return QueueKeys(*(f"{{sale:{sale_id}}}:q:{name}" for name in QueueKeys._fields))

@@ -12,13 +12,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.types import Scope
 
+from notsale.admission import Admissions
 from notsale.config import Settings
 from notsale.connections import Client
+from notsale.engine.queue import WaitingRoom
 from notsale.engine.sale import SaleEngine
 from notsale.identity import Identity
 from notsale.recent import Recent
 from notsale.recovery.reconcile import Reconciler
 from notsale.store.flusher import Flusher
+from notsale.store.seeds import SeedBook
 from notsale.store.terms import TermsBook
 from notsale.store.writer import GroupCommit
 
@@ -35,6 +38,9 @@ class Services:
     reconciler: Reconciler
     identity: Identity
     terms: TermsBook  # each sale's, fixed when it started
+    queue: WaitingRoom
+    admissions: Admissions
+    seeds: SeedBook  # each sale's queue seed
     recent: Recent = field(default_factory=Recent)
     # When this deployment first ran, once PostgreSQL said (see api/shared.py: first_sale).
     first_run_ms: int | None = None

@@ -106,7 +106,9 @@ async def stores() -> AsyncIterator[Stores]:
 async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
     """A connection to this run's database, emptied (with Redis) before the test."""
     conn = await asyncpg.connect(stores.database_url)
-    await conn.execute("TRUNCATE checkout_attempts, purchases, outbox_rejects, sale_terms")
+    await conn.execute(
+        "TRUNCATE checkout_attempts, purchases, outbox_rejects, sale_terms, queue_seeds"
+    )
     async with connect(stores.redis_url) as redis:
         await redis.flushdb()
     try:

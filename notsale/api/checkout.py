@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from litestar import Controller, asgi
+from litestar.datastructures import MultiDict
 from litestar.types import Receive, Scope, Send
 
 from notsale import outbox
 from notsale.api import params
 from notsale.api.hot import post_query, send_body, send_refusal
 from notsale.api.models import CheckoutBody
-from notsale.api.openapi import INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
+from notsale.api.openapi import ADMISSION, INTEGER, OPENAPI_OPT, USER, HotRouteDoc, query
 from notsale.api.shared import first_sale
 from notsale.catalog import image_url, item_name
 from notsale.clock import (
@@ -58,6 +59,18 @@ async def record_refusal(
         services.writer.write_later(row)
 
 
+def admitted_sale(services: Services, query: MultiDict[str], user: str, named: int | None) -> int:
+    """In queue mode, the sale a checkout is for (the one it names, else the running one),
+    once its admission admits the user to it. The checkout is then decided as one naming
+    that sale: never moved to the next sale, which the admission does not admit to."""
+    if "admission" not in query:
+        raise NotsaleError(ErrorCode.ADMISSION_REQUIRED)
+    sale_id = current_sale(services.settings.sale_seconds) if named is None else named
+    if not services.admissions.valid(params.single(query, "admission"), sale_id, user, now_ms()):
+        raise NotsaleError(ErrorCode.ADMISSION_INVALID)
+    return sale_id
+
+
 CHECKOUT_DOC = HotRouteDoc(
     tag="sale",
     summary="Hold an item for the user",
@@ -66,11 +79,14 @@ CHECKOUT_DOC = HotRouteDoc(
         query("user_id", USER, "1-64 of [A-Za-z0-9_.:@-]; with identity jwt, optional"),
         query("id", INTEGER, "the item, 1..SIZE"),
         query("sale_id", INTEGER, "an open sale (default: the running sale)", required=False),
+        query("admission", ADMISSION, "queue mode: the admission to the sale", required=False),
     ),
     body=CheckoutBody,
     errors=(
         ErrorCode.UNAUTHENTICATED,
         ErrorCode.FORBIDDEN,
+        ErrorCode.ADMISSION_REQUIRED,
+        ErrorCode.ADMISSION_INVALID,
         ErrorCode.ITEM_NOT_FOUND,
         ErrorCode.ITEM_SOLD,
         ErrorCode.ITEM_HELD,
@@ -116,6 +132,8 @@ async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
         params.in_sale(item_id, terms.sale_size)
         if named is not None and surely_closed(named, terms):
             raise NotsaleError(ErrorCode.SALE_CLOSED)
+        if services.admissions.required:
+            named = admitted_sale(services, query, user, named)
     except NotsaleError as exc:
         user_raw = ",".join(query.getall("user_id", []))
         item_raw = ",".join(query.getall("id", []))

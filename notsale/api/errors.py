@@ -29,7 +29,10 @@ def error_response(code: ErrorCode, detail: str | None = None) -> Response[Any]:
 
 
 def on_notsale_error(_: Request[Any, Any, Any], exc: NotsaleError) -> Response[ErrorBody]:
-    return error_response(exc.code, exc.detail)
+    response = error_response(exc.code, exc.detail)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:

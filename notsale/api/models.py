@@ -74,3 +74,35 @@ class HealthBody(Body, frozen=True):
     status: str
     redis: str
     postgres: str
+
+
+class QueueBody(Body, frozen=True):
+    ticket: str
+    ticket_id: str
+    sale_id: int
+    user_id: str
+    position: int | None  # None while pre-queued
+    admitted: bool
+    admission: str | None
+    admission_expires_at: str | None
+    poll_after_ms: int
+    eta_seconds: int | None
+    remaining: int
+
+
+class FairnessBody(Body, frozen=True):
+    sale_id: int
+    prequeue_opens_at: str
+    starts_at: str
+    seed_sha256: str
+    seed: str | None  # published at the start
+    prequeued: int | None
+
+
+class PrequeuedBody(Body, frozen=True):
+    ticket_id: str
+    position: int
+
+
+class PrequeueBody(Body, frozen=True):
+    tickets: list[PrequeuedBody]

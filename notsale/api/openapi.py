@@ -25,9 +25,11 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import ASGIRoute
 
+from notsale.admission import ADMISSION as ADMISSION_PATTERN
+from notsale.admission import TICKET as TICKET_PATTERN
 from notsale.api.errors import error_groups
 from notsale.api.models import Body, ErrorBody
-from notsale.api.params import INT64_MAX, PAGE_MAX
+from notsale.api.params import INT64_MAX, PAGE_MAX, PREQUEUE_PAGE_MAX
 from notsale.api.params import INTEGER as CANONICAL
 from notsale.engine.codes import CODE_PATTERN
 from notsale.errors import ErrorCode
@@ -43,8 +45,11 @@ INTEGER = Schema(
     description=f"canonical decimal: ^({CANONICAL.pattern})$",
 )
 CODE = Schema(type=OpenAPIType.STRING, pattern=f"^{CODE_PATTERN.pattern}$", min_length=1)
+ADMISSION = Schema(type=OpenAPIType.STRING, pattern=f"^{ADMISSION_PATTERN.pattern}$")
+TICKET = Schema(type=OpenAPIType.STRING, pattern=f"^{TICKET_PATTERN.pattern}$")
 
 PAGE_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=PAGE_MAX)
+PREQUEUE_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=PREQUEUE_PAGE_MAX)
 
 # (path, method) -> {parameter: (schema, required)}
 RAW_PARAMETERS: dict[tuple[str, str], dict[str, tuple[Schema, bool]]] = {
@@ -62,6 +67,14 @@ RAW_PARAMETERS: dict[tuple[str, str], dict[str, tuple[Schema, bool]]] = {
         "item_id": (INTEGER, True),
     },
     ("/users/{user_id}/purchases", "get"): {"user_id": (USER, True), "sale_id": (INTEGER, False)},
+    ("/sales/{sale_id}/queue", "post"): {"sale_id": (INTEGER, True), "user_id": (USER, True)},
+    ("/sales/{sale_id}/queue", "get"): {"sale_id": (INTEGER, True), "ticket": (TICKET, True)},
+    ("/sales/{sale_id}/fairness", "get"): {"sale_id": (INTEGER, True)},
+    ("/sales/{sale_id}/fairness/prequeue", "get"): {
+        "sale_id": (INTEGER, True),
+        "from": (INTEGER, False),
+        "count": (PREQUEUE_COUNT, False),
+    },
 }
 
 # The key of an `asgi` route handler's `opt` that holds its HotRouteDoc.

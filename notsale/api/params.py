@@ -15,6 +15,8 @@ INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
 INT64_MAX = 2**63 - 1
 # Items in one page of GET /sales/{sale_id}/items at most.
 PAGE_MAX = 100
+# Tickets in one page of GET /sales/{sale_id}/fairness/prequeue at most.
+PREQUEUE_PAGE_MAX = 1000
 
 
 def invalid(detail: str) -> NotsaleError:

@@ -78,11 +78,12 @@ async def first_sale(services: Services) -> int:
     return current_sale(services.settings.sale_seconds, services.first_run_ms)
 
 
-async def started_sale(raw: str, services: Services) -> int:
-    """A sale id from a path or query, refused when that sale has not started yet or never
-    ran here."""
+async def started_sale(raw: str, services: Services, started: bool = True) -> int:
+    """A sale id from a path or query, refused when that sale never ran here, or (unless
+    `started` is False) has not started yet."""
     sale_id = params.integer(raw, "sale_id")
-    if not await first_sale(services) <= sale_id <= current_sale(services.settings.sale_seconds):
+    last = current_sale(services.settings.sale_seconds) if started else sale_id
+    if not await first_sale(services) <= sale_id <= last:
         raise NotsaleError(
             ErrorCode.ITEM_NOT_FOUND, "That sale has not started, or never ran here."
         )

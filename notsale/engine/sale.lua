@@ -18,6 +18,8 @@
 --         wait for a rebuild from PostgreSQL. Asked of Redis in every run: no worker's memory
 --         of which server it talked to can be out of date
 --       8 lease  (reconcile.lua's; unused here)
+--       9 active the sale's waiting room's active buyers (queue.lua's: user scored by their
+--         last admission, checkout or purchase), kept up to date here in queue mode
 -- ARGV: 1 sale_id  2 sale_ms  3 open_ms (the sale closes this long after its start unless
 --       sold out before)  4 size  5 hold_ms  6 user_limit  7 keep_ms (how long keys outlive
 --       the sale's close)  8 outbox_max (entries the outbox may hold before checkouts are
@@ -27,7 +29,9 @@
 --       holds a user may have across all open sales)  11 ledger: on a single Redis, the key
 --       prefix of the users' ledgers (keys.holds_key: a sorted set of "sale:item" scored by
 --       the hold's expires_ms), read and written here; "" on a cluster, where a user's ledger
---       is in another slot and the engine reads and writes it, then operations:
+--       is in another slot and the engine reads and writes it  12 queue: "1" in queue mode
+--       (a decided checkout or a purchase refreshes its user in KEYS[9]; a purchase that
+--       reaches the limit drops them), "" else, then operations:
 --         "c", request_id, item_id, user_id, fresh_code, named, others, network
 --                         checkout (the code is used only for a new hold); named "1" when the
 --                         client named the sale, "0" for the running sale; others: on a
@@ -64,6 +68,7 @@ local now_s = string.format('%.0f', now)
 local sale_id, sale_ms, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local hold_ms, limit, keep_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown_ms, holds_max, ledger = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local queueing = ARGV[12] == '1'
 local server_sale = math.floor(now / sale_ms)
 local closes = sale_id * sale_ms + tonumber(ARGV[3])
 
@@ -230,6 +235,9 @@ local function checkout(request, item, user, code, named, others, network)
     network = cjson.null
   end
   log({'c', request, user, item, outcome, code, now_s, 0, cjson.null, cjson.null, network})
+  if queueing then
+    redis.call('ZADD', KEYS[9], 'XX', now, user)  -- still active: only if admitted
+  end
   return {outcome, code, expires}
 end
 
@@ -285,11 +293,16 @@ local function purchase(code)
   if ledger ~= '' then
     redis.call('ZREM', ledger .. user, sale_id .. ':' .. item)  -- bought: no longer a hold
   end
+  if queueing and bought + 1 >= limit then
+    redis.call('ZREM', KEYS[9], user)  -- done: their place goes to the next in line
+  elseif queueing then
+    redis.call('ZADD', KEYS[9], 'XX', now, user)
+  end
   log({'p', '', user, item, 'ok', code, now_s, seq})
   return {'ok', item, user, now, seq}
 end
 
-local replies, i = {}, 12
+local replies, i = {}, 13
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'c' then

@@ -21,7 +21,7 @@ from notsale.engine.batch import Batcher, Sender
 from notsale.engine.codes import new_code
 from notsale.engine.lane import Lane
 from notsale.errors import ErrorCode, Failed, Unavailable
-from notsale.keys import HOLDS_PREFIX, OUTBOX_REGISTRY, holds_key, sale_keys
+from notsale.keys import HOLDS_PREFIX, OUTBOX_REGISTRY, holds_key, queue_keys, sale_keys
 
 SCRIPTS_DIR = Path(__file__).parent
 
@@ -59,6 +59,11 @@ end
 # A checkout may meet a sale rollover, an unready sale and its user's ledger unread before
 # it is decided.
 CHECKOUT_TRIES = 4
+
+
+def script_keys(sale_id: int) -> list[str]:
+    """sale.lua's KEYS."""
+    return [*sale_keys(sale_id), queue_keys(sale_id).active]
 
 
 class CheckoutDecision(msgspec.Struct, frozen=True):
@@ -138,7 +143,8 @@ class SaleEngine:
         head: list[int | str] = [sale_id, t.sale_seconds * 1000, t.sale_open_seconds * 1000]
         head += [t.sale_size, t.hold_seconds * 1000, t.user_limit, KEEP_AFTER_SALE_MS]
         ledger = "" if self._lane is None else HOLDS_PREFIX  # the lane: a single Redis
-        return [*head, s.outbox_max, s.cooldown_seconds * 1000, s.holds_max, ledger]
+        queueing = "1" if s.admission == "queue" else ""
+        return [*head, s.outbox_max, s.cooldown_seconds * 1000, s.holds_max, ledger, queueing]
 
     async def register(self, sale_id: int) -> None:
         """Before a sale's first entry from this worker: the flushers find every outbox in
@@ -156,7 +162,7 @@ class SaleEngine:
         """One sale.lua run carrying a batch of operations (see batch.py)."""
         started = time.perf_counter()
         head = self.head(sale_id, await self.terms(sale_id))
-        replies = await self._run(self.sale_script, sale_keys(sale_id), [*head, *ops])
+        replies = await self._run(self.sale_script, script_keys(sale_id), [*head, *ops])
         metrics.batch(len(replies), time.perf_counter() - started)
         return replies
 
