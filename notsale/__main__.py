@@ -1,5 +1,5 @@
-"""The command line: `notsale serve | migrate | reconcile | verify` (also `python -m notsale
-…`)."""
+"""The command line: `notsale serve | migrate | reconcile | verify | audit` (also `python -m
+notsale …`)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--sale-id", type=int, help="the sale to check (default: running)")
     check.add_argument("--json", action="store_true", help="the report as one JSON object")
+    audit = commands.add_parser(
+        "audit", help="who bought what in a sale, and which ids act as one client"
+    )
+    audit.add_argument("--sale-id", type=int, help="the sale to audit (default: running)")
+    audit.add_argument("--json", action="store_true", help="the report as one JSON object")
+    audit.add_argument("--html", metavar="FILE", help="also write a short HTML report here")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli.reconcile_command(settings, args.sale_id, args.check)
         elif args.command == "verify":
             return cli.verify_command(settings, args.sale_id, args.json)
+        elif args.command == "audit":
+            return cli.audit_command(settings, args.sale_id, args.json, args.html)
         else:
             cli.run_migrations(settings)
     return 0

@@ -1,4 +1,4 @@
-"""The commands of `notsale` (see __main__.py): serve, migrate, reconcile, verify."""
+"""The commands of `notsale` (see __main__.py): serve, migrate, reconcile, verify, audit."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ from notsale.clock import current_sale
 from notsale.config import Settings, redis_cluster
 from notsale.connections import REDIS_DOWN, Client, connect
 from notsale.logs import ACCESS_FORMAT, log_config
+from notsale.recovery import audit
 from notsale.recovery.reconcile import Reconciler
 from notsale.recovery.verify import readable, verify
 from notsale.store.migrations import migrate
@@ -167,6 +169,21 @@ def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> in
         return 0 if report.ok else 1
 
     return asyncio.run(run())
+
+
+def audit_command(settings: Settings, sale_id: int | None, as_json: bool, html: str | None) -> int:
+    """Who bought what, and which ids act as one client (see recovery/audit.py)."""
+
+    async def run() -> audit.Audit:
+        sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+        async with stores(settings) as (redis, pool):
+            return await audit.audit(redis, pool, settings, sale)
+
+    report = asyncio.run(run())
+    print(msgspec.json.encode(report).decode() if as_json else audit.readable(report))
+    if html:
+        Path(html).write_text(audit.page(report))
+    return 0
 
 
 def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> int:
