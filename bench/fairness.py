@@ -339,8 +339,9 @@ def env_for(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     }
 
 
-def stores() -> Settings:
-    database_url, redis_url = fresh_stores(Settings.from_env())
+async def stores() -> Settings:
+    # fresh_stores runs its own event loop: in a thread of its own.
+    database_url, redis_url = await asyncio.to_thread(fresh_stores, Settings.from_env())
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -353,7 +354,7 @@ def stores() -> Settings:
 
 
 async def one_run(run: int) -> dict[str, Any]:
-    settings = stores()
+    settings = await stores()
     serve = [sys.executable, "-m", "notsale", "serve"]
     with running(serve, env_for(settings, {}), f"{URL}/health"):
         found = await scenario(settings, run)
@@ -373,7 +374,7 @@ async def one_run(run: int) -> dict[str, Any]:
 
 async def jwt_run() -> int:
     """The bot with 10 valid tokens for its 100 ids: the items it gets."""
-    settings = stores()
+    settings = await stores()
     secret = "j" * 32
     tokens = [
         jwt.encode({"sub": f"bot{n}", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")

@@ -26,7 +26,7 @@
 -- Returns, for join and poll: {"ok", user, ticket, ticket_id, position (0: pre-queued),
 --   admitted_ms (0: not yet), poll_after_ms, remaining, front, admitted, first_ms, now},
 --   {"too_early", ms until the ticket may poll}, {"unknown"} (no such ticket), {"not_open"}
---   (the queue opens later), {"closed"} (closed or sold out: joins only), or {"shuffle"} (the
+--   (the queue opens later), {"closed"} (closed or sold out: a new join only), or {"shuffle"} (the
 --   pre-queue needs its positions first: nothing was changed);
 -- for order: {"ok"}; for list: {prequeued, ticket_id, position, ...}, {"not_started"} (on
 -- Redis' clock, which decides what is pre-queued) or {"shuffle"}.
@@ -146,12 +146,12 @@ local function join(user, ticket, id, network)
   if now < opens then
     return {'not_open'}
   end
-  if now >= closes or redis.call('HLEN', SOLD) >= size then
-    return {'closed'}
-  end
   local mine = redis.call('HGET', QUEUERS, user)
   if mine then
-    return answer(mine, true)
+    return answer(mine, true)  -- theirs, sold out or not: it says so
+  end
+  if now >= closes or redis.call('HLEN', SOLD) >= size then
+    return {'closed'}
   end
   if shuffle_pending() then
     return {'shuffle'}  -- a late join's position comes after the pre-queue's

@@ -6,10 +6,15 @@
 // through what the buyer does: they are read then, not at every poll.
 const POLL_MS = 2000, POLL_MAX_MS = 16000, PAGE = 60, CARDS = 4;
 let pollMs = POLL_MS, timer = null, seen = "";
-const state = { sale: null, sales: [], from: 1, hold: null };
+const state = { sale: null, sales: [], from: 1, hold: null, queue: null, queueSale: null, next: null };
 const $ = (id) => document.getElementById(id);
 const user = $("user");
 user.value = localStorage.getItem("notsale.user") || "";
+// In queue mode (the service says so in the page's head) checkouts need an admission from
+// the sale's queue: the waiting room box joins it, polls as told, and shows the place.
+const MODE = document.querySelector('meta[name="notsale-admission"]');
+const QUEUED = MODE.content === "queue", PREQUEUE_MS = 1000 * Number(MODE.dataset.prequeue || 0);
+let queueTimer = null;
 
 function el(tag, props, ...children) {
   const node = Object.assign(document.createElement(tag), props || {});
@@ -83,12 +88,86 @@ async function loadPurchases() {
       : el("p", { textContent: "None yet in this sale." }));
 }
 
+function ticketKey(sale) { return `notsale.ticket.${sale}.${user.value.trim()}`; }
+
+async function joinQueue(sale) {
+  const who = user.value.trim();
+  if (!who) { say("Type a user id first."); user.focus(); return; }
+  try {
+    showQueue(await call("POST", `/sales/${sale}/queue`, { user_id: who }));
+  } catch (error) { say(error.message); }
+}
+
+async function pollQueue() {
+  clearTimeout(queueTimer);
+  const sale = state.queueSale, ticket = localStorage.getItem(ticketKey(sale));
+  if (!ticket) { showQueue(null); return; }
+  const response = await fetch(`/sales/${sale}/queue?` + new URLSearchParams({ ticket }));
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 429) {  // too early: wait as told
+    queueTimer = setTimeout(pollQueue, 1000 * Number(response.headers.get("Retry-After") || 1));
+  } else if (response.ok) {
+    showQueue(body);
+  } else {
+    if (body.error === "ticket_invalid") localStorage.removeItem(ticketKey(sale));
+    showQueue(null);
+    say(body.detail || response.statusText);
+  }
+}
+
+function showQueue(ticket) {
+  clearTimeout(queueTimer);
+  const box = $("queue"), sale = state.queueSale;
+  state.queue = ticket;
+  box.hidden = !QUEUED || sale === null;
+  if (box.hidden) return;
+  const title = el("h2", { textContent: `Queue of sale ${sale}` });
+  if (!ticket) {
+    const join = el("button", { id: "join", textContent: "Join the queue" });
+    join.onclick = () => joinQueue(sale);
+    box.replaceChildren(title, el("p", { textContent: "This sale admits buyers in queue order." }), join);
+    return;
+  }
+  localStorage.setItem(ticketKey(sale), ticket.ticket);
+  let line;
+  if (ticket.admitted) {
+    line = el("p", { id: "queue-state" }, el("b", { textContent: "You're in!" }),
+      " Your admission expires in ", el("b", { id: "admission-countdown" }), ".");
+  } else if (ticket.remaining === 0) {
+    line = el("p", { id: "queue-state", textContent: "Sold out: nothing is left to hold." });
+  } else if (ticket.position === null) {
+    line = el("p", { id: "queue-state", textContent: "You are in the pre-queue: places are drawn when the sale starts." });
+  } else {
+    const eta = ticket.eta_seconds === null ? "" : `, about ${ticket.eta_seconds} s to wait`;
+    line = el("p", { id: "queue-state" }, "Your place: ", el("b", { textContent: ticket.position }), eta + ".");
+  }
+  box.replaceChildren(title, line, el("small", { textContent: `${ticket.remaining} items left · ticket ${ticket.ticket_id.slice(0, 8)}` }));
+  queueTimer = setTimeout(pollQueue, ticket.poll_after_ms);
+  tick();
+}
+
+// The sale whose queue the box shows: the next one while its pre-queue is open, else the
+// chosen one, else (none open: sold out, say) the running one.
+async function loadQueue() {
+  if (!QUEUED) return;
+  const running = await call("GET", "/sales/current");
+  const nextOpens = new Date(running.ends_at) - Date.now() <= PREQUEUE_MS;
+  const sale = nextOpens ? running.sale_id + 1 : (state.sale ?? running.sale_id);
+  if (sale !== state.queueSale || (!state.queue && !queueTimer)) {
+    state.queueSale = sale;
+    await pollQueue();
+  }
+}
+
 async function checkout(item) {
   const who = user.value.trim();
   if (!who) { say("Type a user id first."); user.focus(); return; }
   say("");
   try {
-    const hold = await call("POST", "/checkout", { user_id: who, id: item.item_id, sale_id: state.sale });
+    const query = { user_id: who, id: item.item_id, sale_id: state.sale };
+    const queue = state.queue;
+    if (queue && queue.admitted && queue.sale_id === state.sale) query.admission = queue.admission;
+    const hold = await call("POST", "/checkout", query);
     state.hold = hold;
     showHold();
     refresh();
@@ -118,6 +197,11 @@ function showHold() {
 
 function tick() {
   $("clock").textContent = new Date().toLocaleTimeString();
+  const admission = state.queue && $("admission-countdown");
+  if (admission) {
+    const s = Math.max(0, Math.round((new Date(state.queue.admission_expires_at) - Date.now()) / 1000));
+    admission.textContent = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  }
   const left = state.hold && $("countdown");
   if (!left) return;
   const seconds = Math.max(0, Math.round((new Date(state.hold.expires_at) - Date.now()) / 1000));
@@ -129,7 +213,7 @@ async function refresh(byBuyer = true) {
   clearTimeout(timer);
   try {
     const sales = await loadSales();
-    const [items] = await Promise.all([loadGrid(), byBuyer ? loadPurchases() : null]);
+    const [items] = await Promise.all([loadGrid(), byBuyer ? loadPurchases() : null, loadQueue()]);
     const now = JSON.stringify([sales, items]);
     pollMs = byBuyer || now !== seen ? POLL_MS : Math.min(2 * pollMs, POLL_MAX_MS);
     seen = now;
@@ -138,7 +222,11 @@ async function refresh(byBuyer = true) {
   timer = setTimeout(() => refresh(false), pollMs);
 }
 
-user.onchange = () => { localStorage.setItem("notsale.user", user.value.trim()); refresh(); };
+user.onchange = () => {
+  localStorage.setItem("notsale.user", user.value.trim());
+  state.queueSale = null;  // another user: their own ticket, if any
+  refresh();
+};
 $("prev").onclick = () => { state.from = Math.max(1, state.from - PAGE); refresh(); };
 $("next").onclick = () => { state.from += PAGE; refresh(); };
 refresh();
