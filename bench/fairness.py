@@ -52,7 +52,7 @@ from notsale.recovery.audit import audit, page
 from notsale.store.pool import create_pool
 
 HUMANS, NAT, BOT_IDS, BOT_ITEMS = 900, 100, 100, 10
-SALE_S, SIZE, LIMIT, ACTIVE_MAX = 60, 1000, 10, 100
+SALE_S, SIZE, LIMIT, ACTIVE_MAX = 60, 1000, 10, 200
 SECRET = "fairness-bench-secret-" + "x" * 16
 THINK_S = (2.0, 10.0)
 HUMAN_TRIES = 5  # looks at the grid before giving up

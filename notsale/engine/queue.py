@@ -13,6 +13,8 @@ they are signed, not stored.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ SCRIPT = (Path(__file__).parent / "queue.lua").read_text()
 IDLE_MS = 60_000
 # The pace of admissions tells a waiter's wait once they have gone on for this long.
 PACE_MIN_MS = 5000
+# Tickets whose next poll a worker remembers at most (then it forgets them all).
+NEXT_POLLS_MAX = 100_000
 
 
 class Ticket(msgspec.Struct, frozen=True):
@@ -75,6 +79,9 @@ class WaitingRoom:
         self._settings = settings
         self._seed = seed
         self._terms = terms
+        # When each ticket this worker answered may poll again (its clock): a poll sooner is
+        # refused here, without Redis, however fast a client polls.
+        self._next_poll: dict[str, float] = {}
 
     async def _run(self, sale_id: int, op: Sequence[Any]) -> list[Any]:
         s, terms = self._settings, await self._terms(sale_id)
@@ -102,8 +109,7 @@ class WaitingRoom:
         order = shuffled(await self._seed(sale_id), prequeued)
         await self._run(sale_id, ["order", *order])
 
-    @staticmethod
-    def _ticket(reply: list[Any]) -> Ticket:
+    def _ticket(self, reply: list[Any]) -> Ticket:
         if reply[0] == "too_early":
             wait_s = max(1, -(-int(reply[1]) // 1000))
             raise NotsaleError(ErrorCode.TOO_EARLY, retry_after_s=wait_s)
@@ -114,7 +120,11 @@ class WaitingRoom:
         if reply[0] == "closed":
             raise NotsaleError(ErrorCode.SALE_CLOSED)
         user, ticket, tid, position, *numbers = reply[1:]
-        return Ticket(user, ticket, tid, int(position) or None, *map(int, numbers))
+        found = Ticket(user, ticket, tid, int(position) or None, *map(int, numbers))
+        if len(self._next_poll) >= NEXT_POLLS_MAX:
+            self._next_poll.clear()
+        self._next_poll[tid] = time.monotonic() + found.poll_after_ms / 1000
+        return found
 
     async def join(self, sale_id: int, user_id: str, network: str | None) -> Ticket:
         """The user's ticket for the sale: a new one, or the one they have. The sale's seed
@@ -127,7 +137,11 @@ class WaitingRoom:
         return self._ticket(reply)
 
     async def poll(self, sale_id: int, ticket: str) -> Ticket:
-        return self._ticket(await self._run(sale_id, ["poll", ticket_id(ticket)]))
+        tid = ticket_id(ticket)
+        wait_s = self._next_poll.get(tid, 0.0) - time.monotonic()
+        if wait_s > 0:
+            raise NotsaleError(ErrorCode.TOO_EARLY, retry_after_s=max(1, math.ceil(wait_s)))
+        return self._ticket(await self._run(sale_id, ["poll", tid]))
 
     async def prequeue(
         self, sale_id: int, offset: int, count: int
