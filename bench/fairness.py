@@ -129,6 +129,7 @@ async def human(sale: int, source: str, user: str, join_at: float, seen: Seen) -
             query = {
                 "user_id": user,
                 "id": str(random.choice(free)),
+                "sale_id": str(sale),  # sales are a minute long here: it may be an older one
                 "admission": admitted["admission"],
             }
             status, body, _ = await send(http, seen, "POST", "/checkout", params=query)
@@ -173,6 +174,7 @@ async def bot(sale: int, source: str, seen: Seen, tokens: list[str] | None = Non
                 query = {
                     "user_id": user,
                     "id": str(random.randint(1, SIZE)),
+                    "sale_id": str(sale),
                     "admission": admitted["admission"],
                 }
                 status, body, _ = await send(
@@ -285,7 +287,17 @@ async def scenario(settings: Settings, run: int) -> dict[str, Any]:
     seen = {**people.positions, **nat.positions, **robot.positions}
     wrong = sum(1 for t, p in seen.items() if t in recomputed and recomputed[t] != p)
     commitment_ok = hashlib.sha256(seed).hexdigest() == fair["seed_sha256"]
-    d, p = ks(list(robot.positions.values()), [*people.positions.values(), *nat.positions.values()])
+
+    # The draw is what is compared: the places of pre-queued tickets (a late joiner's place
+    # comes after them all, whoever they are).
+    def drawn(group: Seen) -> list[int]:
+        return [p for p in group.positions.values() if p <= fair["prequeued"]]
+
+    d, p = ks(drawn(robot), [*drawn(people), *drawn(nat)])
+    first = {
+        name: sum(1 for p in group.positions.values() if p <= ACTIVE_MAX)
+        for name, group in (("humans", people), ("NAT", nat), ("bot", robot))
+    }
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
@@ -303,7 +315,9 @@ async def scenario(settings: Settings, run: int) -> dict[str, Any]:
         "human positions (median)": sorted([*people.positions.values(), *nat.positions.values()])[
             (len(people.positions) + len(nat.positions)) // 2
         ],
-        "KS D, p": (round(d, 3), round(p, 3)),
+        "KS D, p (pre-queued places)": (round(d, 3), round(p, 3)),
+        "pre-queued: humans, NAT, bot": (len(drawn(people)), len(drawn(nat)), len(drawn(robot))),
+        "let in at the start (places 1-ACTIVE_MAX)": first,
         "positions seen / recomputed wrong": (len(seen), wrong),
         "commitment matches seed": commitment_ok,
         "items: humans, NAT, bot": (people.items, nat.items, robot.items),
@@ -315,9 +329,10 @@ async def scenario(settings: Settings, run: int) -> dict[str, Any]:
             100 * sum(1 for n in range(NAT) if f"n{n}" in flagged) / NAT, 1
         ),
         "humans flagged": sum(1 for n in range(HUMANS) if f"h{n}" in flagged),
+        "statuses humans": dict(people.statuses),
         "statuses NAT": dict(nat.statuses),
         "statuses bot": dict(robot.statuses),
-        "_admission": (robot, people),
+        "_drawn": (drawn(robot), [*drawn(people), *drawn(nat)]),
     }
 
 
@@ -401,8 +416,8 @@ async def main_async(runs: int) -> tuple[int, str]:
         for key, value in found.items():
             if not key.startswith("_") and key != "report":
                 print(f"  {key}: {value}", flush=True)
-    bot_positions = [p for r in results for p in r["_admission"][0].positions.values()]
-    human_positions = [p for r in results for p in r["_admission"][1].positions.values()]
+    bot_positions = [p for r in results for p in r["_drawn"][0]]
+    human_positions = [p for r in results for p in r["_drawn"][1]]
     d, p = ks(bot_positions, human_positions)
     print(f"over {runs} runs: bot vs human positions KS D {d:.3f}, p {p:.3f}")
     items = await jwt_run()

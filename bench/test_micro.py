@@ -13,9 +13,11 @@ import pytest
 
 from bench.support import COUNTER, Runner, checkout_ops
 from notsale import metrics, outbox
+from notsale.admission import Admissions
 from notsale.api.models import CheckoutBody
 from notsale.catalog import item_name
 from notsale.clock import current_sale
+from notsale.config import Settings
 from notsale.engine.codes import new_code
 from notsale.engine.sale import script_keys
 from notsale.store.batches import copy_rows, insert_rows, write_groups
@@ -58,6 +60,15 @@ def test_encode_checkout_body(benchmark: Any) -> None:
     body = CheckoutBody("A" * 28, 498745, 42, "Amber Oak Kettle", "/x", "2026-11-24T01:00:00Z")
     encode = msgspec.json.Encoder().encode
     benchmark(encode, body)
+
+
+def test_check_an_admission(benchmark: Any) -> None:
+    """What queue mode adds to a checkout in the worker: one admission checked (against two
+    keys, as while one rotates out)."""
+    settings = Settings(admission="queue", admission_secret=f"{'n' * 32},{'o' * 32}")
+    admissions = Admissions(settings)
+    admission = admissions.sign(498745, "alice", 2**40)
+    assert benchmark(admissions.valid, admission, 498745, "alice", 1)
 
 
 def test_decode_outbox_event(benchmark: Any) -> None:
