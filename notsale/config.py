@@ -180,6 +180,75 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"bad setting: {where}") from exc
 
 
+# What docs/api.md says of each setting (scripts/api-tables writes its table from these and
+# the defaults above; tests/test_docs.py holds them equal): the default as shown when it is
+# not the field's own value, and the rule.
+SETTING_NOTES: dict[str, tuple[str, str]] = {
+    "redis_url": (
+        "",
+        "starts with `redis://`, `rediss://` or `unix://`; a Redis Cluster:"
+        " `redis+cluster://[user:password@]host[:port][,host[:port]…]` (`rediss+cluster://` with"
+        " TLS), or a `redis://` / `rediss://` URL listing several nodes; any node of it will do"
+        " (see [scaling.md](scaling.md))",
+    ),
+    "database_url": ("", "starts with `postgresql://` or `postgres://`"),
+    "host": ("", ""),
+    "port": ("", "1 to 65535"),
+    "workers": ("the number of CPU cores", "≥ 1"),
+    "sale_seconds": ("", "≥ 1; sale id = floor(unix time / this)"),
+    "sale_size": ("", "1 to 2,147,483,647"),
+    "user_limit": ("", "≥ 1"),
+    "hold_seconds": ("", "≥ 1"),
+    "cooldown_seconds": (
+        "",
+        "≥ 0; how long after a hold expired its user may not hold that item again (0: at once)",
+    ),
+    "holds_max": (
+        "2 x `NOTSALE_USER_LIMIT`",
+        "≥ 1 (0: the default); live holds a user may have across all open sales",
+    ),
+    "sale_open_seconds": (
+        "`604800` (a week), or 1000 x `NOTSALE_SALE_SECONDS` if that is shorter",
+        "≥ 1 (0: the default), at most 1000 x `NOTSALE_SALE_SECONDS` (so at most 1000 sales are"
+        " open at once); how long after its start a sale that has not sold out stays open",
+    ),
+    "outbox_max": (
+        "",
+        "≥ 1; decisions waiting for PostgreSQL in all open sales' outboxes (about 200 bytes"
+        " each) before checkouts get 503",
+    ),
+    "metrics": ("", "`1`, `0`, `true` or `false`; `0`: no `GET /metrics` and nothing recorded"),
+    "admin_token": ("", "unset: `/metrics` is open; set: it needs `Authorization: Bearer <this>`"),
+    "trusted_proxies": (
+        "",
+        "≥ 0; how many proxies in front each append the address they were sent from to"
+        " `X-Forwarded-For` (0: the header is never read)",
+    ),
+    "identity": (
+        "",
+        '`query` (the `user_id` parameter) or `jwt` (a bearer token\'s `sub`; see "Identity")',
+    ),
+    "jwt_jwks": ("", "with `jwt`: a JWKS file (JSON) of the keys that sign tokens; read at start"),
+    "jwt_secret": ("", "with `jwt` and no JWKS file: the HS256 secret, at least 32 characters"),
+    "admission": ("", '`open` or `queue` (the waiting room; see "Admission")'),
+    "admission_secret": (
+        "",
+        "required with `queue`: the admissions' signing key, at least 32 characters; several,"
+        " comma-separated, sign with the first and accept all (key rotation: put the new key"
+        " first, drop the old one once `NOTSALE_ADMISSION_SECONDS` passed)",
+    ),
+    "prequeue_seconds": ("", "≥ 0; how long before a sale's start its queue opens"),
+    "active_max": ("", "≥ 1; admitted buyers of a sale active at once"),
+    "admission_seconds": ("", "≥ 1; how long an admission is good for"),
+    "log_format": (
+        "",
+        "`json` (one object per line), `text` (readable lines) or `auto` (text when stderr is a"
+        " terminal, else JSON)",
+    ),
+    "access_log": ("", "`1`, `0`, `true` or `false`; `1`: one line per request"),
+}
+
+
 def check_url(variable: str, url: str, schemes: tuple[str, ...]) -> None:
     """The whole URL is read now, so that a bad one fails at start, not at first use."""
     try:

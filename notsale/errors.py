@@ -87,6 +87,59 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
 }
 
 
+# When each code is answered, as docs/api.md's error table says (scripts/api-tables writes
+# it from STATUS, DEFAULT_DETAIL and this; within a status, in this order).
+WHEN: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_REQUEST: (
+        "a parameter is missing, repeated, malformed, too long, or not an integer in canonical"
+        " decimal up to 2^63 - 1"
+    ),
+    ErrorCode.UNAUTHENTICATED: (
+        "`/metrics` without the bearer token `NOTSALE_ADMIN_TOKEN` names; with identity `jwt`,"
+        " a checkout, a queue join or a user's purchases without a valid bearer token"
+    ),
+    ErrorCode.FORBIDDEN: "identity `jwt`: a `user_id` that is not the token's `sub`",
+    ErrorCode.ADMISSION_REQUIRED: "queue mode: a checkout without an admission",
+    ErrorCode.ADMISSION_INVALID: (
+        "queue mode: an admission that is forged, expired, or for another sale or user"
+    ),
+    ErrorCode.TICKET_INVALID: "a queue poll with an unknown or forged ticket",
+    ErrorCode.ITEM_NOT_FOUND: (
+        "an `id` outside `1..SALE_SIZE`, or a `sale_id` of a sale that has not started or is"
+        " before this deployment's first sale"
+    ),
+    ErrorCode.NOT_FOUND: "no such route; a sale's queue that has not opened yet",
+    ErrorCode.CODE_NOT_FOUND: "the purchase code is unknown",
+    ErrorCode.METHOD_NOT_ALLOWED: "the route exists, the method does not",
+    ErrorCode.ITEM_SOLD: (
+        "checkout of an item already sold (on a purchase: only after Redis lost writes)"
+    ),
+    ErrorCode.ITEM_HELD: "checkout of an item another user holds",
+    ErrorCode.CODE_EXPIRED: "purchase after the hold expired or its sale closed",
+    ErrorCode.SALE_CLOSED: (
+        "checkout naming a sale that has closed (sold out, or past"
+        " `NOTSALE_SALE_OPEN_SECONDS`); a new join of its queue"
+    ),
+    ErrorCode.TOO_EARLY: (
+        "a queue join or poll sooner than `poll_after_ms` after the previous one (with"
+        " `Retry-After`)"
+    ),
+    ErrorCode.COOLDOWN: (
+        "checkout of an item whose hold this user let expire less than"
+        " `NOTSALE_COOLDOWN_SECONDS` ago (with `Retry-After`); `user_limit` takes precedence"
+    ),
+    ErrorCode.HOLDS_MAX: (
+        "checkout of a new hold by a user who holds `NOTSALE_HOLDS_MAX` items across all open"
+        " sales (with `Retry-After`); `user_limit` and `cooldown` take precedence"
+    ),
+    ErrorCode.USER_LIMIT: (
+        "the user's bought + held items in this sale reach the limit (on a purchase: only"
+        " after Redis lost writes)"
+    ),
+    ErrorCode.UNAVAILABLE: "Redis or PostgreSQL cannot be reached, timed out, or refused to write",
+}
+
+
 class Failed(StrEnum):
     """What an `unavailable` answer is about."""
 
