@@ -30,11 +30,13 @@ import base64
 import contextlib
 import hashlib
 import math
+import multiprocessing
 import os
 import random
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +148,9 @@ async def human(sale: int, source: str, user: str, join_at: float, seen: Seen) -
                 return
 
 
-async def bot(sale: int, source: str, seen: Seen, tokens: list[str] | None = None) -> None:
+async def bot(
+    sale: int, source: str, seen: Seen, tokens: list[str] | None = None, ids: int = BOT_IDS
+) -> None:
     """BOT_IDS ids on one address, as fast as it can; with `tokens`, each id signs in with
     one of them (the token of another id is refused: 403 forbidden)."""
     async with client(source) as http:
@@ -191,7 +195,7 @@ async def bot(sale: int, source: str, seen: Seen, tokens: list[str] | None = Non
                 elif status not in (409,):
                     return
 
-        await asyncio.gather(*(one(n) for n in range(BOT_IDS)))
+        await asyncio.gather(*(one(n) for n in range(ids)))
 
 
 def ks(a: list[int], b: list[int]) -> tuple[float, float]:
@@ -259,6 +263,14 @@ async def forgeries(
     return dict(accepted)
 
 
+def bot_process(sale: int, source: str, ids: int) -> Seen:
+    """The bot, in a process of its own (as it would be, on a machine of its own): the
+    crowd's thousand clients in this one would slow it down."""
+    seen = Seen()
+    asyncio.run(bot(sale, source, seen, ids=ids))
+    return seen
+
+
 async def scenario(settings: Settings, run: int) -> dict[str, Any]:
     sale = current_sale(SALE_S) + 1
     starts = sale * SALE_S
@@ -266,12 +278,16 @@ async def scenario(settings: Settings, run: int) -> dict[str, Any]:
         await asyncio.sleep(starts - time.time() + 0.1)
         sale, starts = sale + 1, starts + SALE_S
     print(f"run {run}: sale {sale}, starting in {starts - time.time():.0f} s", flush=True)
-    people, nat, robot = Seen(), Seen(), Seen()
+    people, nat = Seen(), Seen()
     joins = [random.uniform(time.time() + 1, starts - 2) for _ in range(HUMANS + NAT)]
     crowd = [human(sale, address(1, n), f"h{n}", joins[n], people) for n in range(HUMANS)]
     crowd += [human(sale, "127.2.0.1", f"n{n}", joins[HUMANS + n], nat) for n in range(NAT)]
-    crowd.append(bot(sale, "127.3.0.1", robot))
-    await asyncio.gather(*crowd)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as apart:
+        loop = asyncio.get_running_loop()
+        bot_run = loop.run_in_executor(apart, bot_process, sale, "127.3.0.1", BOT_IDS)
+        await asyncio.gather(*crowd)
+        robot = await bot_run
     async with httpx.AsyncClient(base_url=URL) as http:
         fair = (await http.get(f"/sales/{sale}/fairness")).json()
         listed: list[dict[str, Any]] = []
@@ -357,9 +373,10 @@ def env_for(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def stores() -> Settings:
+async def stores(beside: bool = False) -> Settings:
+    """Fresh stores (`beside`: without dropping the last run's, for its audit)."""
     # fresh_stores runs its own event loop: in a thread of its own.
-    database_url, redis_url = await asyncio.to_thread(fresh_stores, Settings.from_env())
+    database_url, redis_url = await asyncio.to_thread(fresh_stores, Settings.from_env(), beside)
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -390,7 +407,7 @@ async def one_run(run: int) -> dict[str, Any]:
 
 async def jwt_run() -> int:
     """The bot with 10 valid tokens for its 100 ids: the items it gets."""
-    settings = await stores()
+    settings = await stores(beside=True)
     secret = "j" * 32
     tokens = [
         jwt.encode({"sub": f"bot{n}", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")

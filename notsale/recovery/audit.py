@@ -4,11 +4,11 @@ Read from PostgreSQL (every attempt and purchase, each attempt with the client's
 and from the sale's waiting room in Redis (when each user was admitted; kept until a while
 after the sale's close). Changes nothing.
 
-Ids that behave like one client: on one network, at least CLUSTER_MIN ids that each bought
-the limit, each checked out within REACTION_MS of their admission, and whose timing (the
-median time from a hold to its purchase) lies within TIMING_SPREAD_MS of each other's. No
-rule refuses a network: many people behind one NAT are customers, and they differ in how
-fast they react and how long they take to pay, which is what sets them apart.
+Ids that behave like one client: on one network, at least CLUSTER_MIN ids that each checked
+out within REACTION_MS of their admission, with reactions within TIMING_SPREAD_MS of each
+other's (the reason says how many bought the limit). No rule refuses a network: many people
+behind one NAT are customers, and people take seconds to pick an item once let in, each
+their own time, which is what sets them apart.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from notsale.store.terms import TermsBook
 
 CLUSTER_MIN = 3
 REACTION_MS = 1000
-TIMING_SPREAD_MS = 250
+TIMING_SPREAD_MS = 500
 # The attempts of a sale, in order: who, from where, when, and what came of it.
 ATTEMPTS = (
     "SELECT user_id, coalesce(network::text, '') AS network, item_id, code, outcome,"
@@ -208,34 +208,34 @@ def flagged(
     pay: dict[str, int],
     limit: int,
 ) -> list[Flag]:
-    """Per network, the largest group of ids that bought the limit, reacted within
-    REACTION_MS of their admission, and pay within TIMING_SPREAD_MS of each other."""
+    """Per network, the largest group of ids that checked out within REACTION_MS of their
+    admission, with reactions within TIMING_SPREAD_MS of each other."""
     members: dict[str, list[str]] = defaultdict(list)
     for user, found in networks.items():
         for network in found:
             members[network].append(user)
     flags = []
     for network, users in sorted(members.items()):
-        alike = sorted(
-            (pay[u], u)
-            for u in users
-            if items[u] >= limit and reaction.get(u, REACTION_MS) < REACTION_MS and u in pay
-        )
+        fast = sorted((reaction[u], u) for u in users if reaction.get(u, REACTION_MS) < REACTION_MS)
         best: list[tuple[int, str]] = []
         low = 0
-        for high in range(len(alike)):  # the widest window of pay times within the spread
-            while alike[high][0] - alike[low][0] > TIMING_SPREAD_MS:
+        for high in range(len(fast)):  # the widest window of reactions within the spread
+            while fast[high][0] - fast[low][0] > TIMING_SPREAD_MS:
                 low += 1
             if high - low + 1 > len(best):
-                best = alike[low : high + 1]
+                best = fast[low : high + 1]
         if len(best) >= CLUSTER_MIN:
+            ids = sorted(u for _, u in best)
+            full = sum(1 for u in ids if items[u] >= limit)
+            paid = [pay[u] for u in ids if u in pay]
             flags.append(
                 Flag(
                     network,
-                    sorted(u for _, u in best),
-                    f"{len(best)} ids bought the limit ({limit}), checked out within"
-                    f" {REACTION_MS} ms of their admission, and pay within"
-                    f" {TIMING_SPREAD_MS} ms of each other",
+                    ids,
+                    f"{len(ids)} ids checked out within {REACTION_MS} ms of their admission,"
+                    f" {best[-1][0] - best[0][0]} ms apart at most; {full} bought the limit"
+                    f" ({limit})"
+                    + (f", median {int(statistics.median(paid))} ms to pay" if paid else ""),
                 )
             )
     return flags
