@@ -17,6 +17,7 @@ from notsale.app import create_app
 from notsale.clock import current_sale, now_ms
 from notsale.config import Settings, SettingsError
 from notsale.engine import queue
+from notsale.keys import queue_keys
 from tests.support import Client, assert_error, attempt_outcomes, purchase
 
 SECRET = "s" * 32
@@ -211,3 +212,19 @@ async def test_the_prequeue_is_shuffled_by_the_committed_seed_and_anyone_can_che
         for e in early:
             mine = await poll_when_due(client, sale, e)
             assert mine["position"] == ids.index(e["ticket_id"]) + 1
+
+
+async def test_a_redis_that_lost_the_queue_loses_tickets_not_admissions(
+    queued: Client, db: asyncpg.Connection
+) -> None:
+    sale = current_sale(3600)
+    ann = (await join(queued, sale, "ann")).json()
+    redis = queued.app.state.services.redis
+    await redis.delete(list(queue_keys(sale)))  # what a restart without persistence does
+    await asyncio.sleep(ann["poll_after_ms"] / 1000)
+    assert_error(await poll(queued, sale, ann["ticket"]), 403, "ticket_invalid")
+    assert (await checkout(queued, "ann", 1, ann["admission"])).status_code == 200
+    again = (await join(queued, sale, "ann")).json()  # she joins again: a new ticket
+    assert again["ticket"] != ann["ticket"] and again["admitted"]
+    fairness = (await queued.get(f"/sales/{sale}/fairness")).json()
+    assert fairness["seed_sha256"] == commitment(fairness["seed"])  # the seed outlived it
