@@ -60,6 +60,8 @@ THINK_S = (2.0, 10.0)
 HUMAN_TRIES = 5  # looks at the grid before giving up
 BOT_POLL_S = 0.05  # "as fast as it can": each id polls this often, told to or not
 FORGERIES = 100_000
+# The crowd needs this long before the start to join (a thousand clients, one process).
+PREQUEUE_MIN_S = 45
 URL = f"http://127.0.0.1:{PORT}"
 
 
@@ -199,7 +201,10 @@ async def bot(
 
 
 def ks(a: list[int], b: list[int]) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov: the statistic D and its asymptotic p-value."""
+    """Two-sample Kolmogorov-Smirnov: the statistic D and its asymptotic p-value (nan
+    when a sample is empty)."""
+    if not a or not b:
+        return math.nan, math.nan
     xs, ys = sorted(a), sorted(b)
     d = 0.0
     i = j = 0
@@ -274,7 +279,7 @@ def bot_process(sale: int, source: str, ids: int) -> Seen:
 async def scenario(settings: Settings, run: int) -> dict[str, Any]:
     sale = current_sale(SALE_S) + 1
     starts = sale * SALE_S
-    if starts - time.time() < 20:  # too little pre-queue left: the next one
+    if starts - time.time() < PREQUEUE_MIN_S:  # too little pre-queue left: the next one
         await asyncio.sleep(starts - time.time() + 0.1)
         sale, starts = sale + 1, starts + SALE_S
     print(f"run {run}: sale {sale}, starting in {starts - time.time():.0f} s", flush=True)

@@ -4,7 +4,7 @@ like one client (docs/operating.md)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -13,10 +13,15 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.recovery.audit import audit, page, readable
+from notsale.recovery.audit import Queued, audit, bursts, page, readable
 from tests.support import Client, attempt_outcomes
 
 SECRET = "s" * 32
+
+
+async def later(seconds: float, run: Awaitable[None]) -> None:
+    await asyncio.sleep(seconds)
+    await run
 
 
 async def buy(
@@ -62,9 +67,10 @@ async def test_the_audit_flags_ids_acting_as_one_client_and_not_a_nat_of_people(
             buy(client, sale, "bot1", "10.0.0.7", [1, 2], 0, 0),
             buy(client, sale, "bot2", "10.0.0.7", [3, 4], 0, 0),
             buy(client, sale, "bot3", "10.0.0.7", [5, 6], 0, 0),
-            # People behind the same NAT: they think, and take their time to pay.
-            buy(client, sale, "ann", "10.0.0.9", [7, 8], 1.2, 0.3),
-            buy(client, sale, "bob", "10.0.0.9", [9], 1.5, 0.9),
+            # People behind the same NAT: they arrive at their own moments, think, and take
+            # their time to pay.
+            later(0.3, buy(client, sale, "ann", "10.0.0.9", [7, 8], 1.2, 0.3)),
+            later(0.8, buy(client, sale, "bob", "10.0.0.9", [9], 1.5, 0.9)),
             # Someone fast on a network of their own, and a hold left to expire.
             buy(client, sale, "cy", "192.0.2.1", [10, 11], 0, 0),
             buy(client, sale, "di", "192.0.2.1", [12], 0, -1),
@@ -90,3 +96,13 @@ async def test_the_audit_flags_ids_acting_as_one_client_and_not_a_nat_of_people(
     assert "FLAGGED 10.0.0.0/24" in readable(report)
     html = page(report)
     assert "<svg" in html and "bot1, bot2, bot3" in html and "<script" not in html
+
+
+def test_ids_joining_in_one_burst_are_flagged_and_people_arriving_apart_are_not() -> None:
+    nat = "10.0.0.0/24"
+    queued = {f"bot{n}": Queued(1000 + 10 * n, 0, nat) for n in range(6)}  # 10 ms apart
+    queued |= {f"p{n}": Queued(5000 + 200 * n, 0, nat) for n in range(20)}  # 200 ms apart
+    queued |= {f"s{n}": Queued(9000 + n, 0, f"192.0.2.{n}/32") for n in range(6)}  # apart
+    [flag] = bursts(queued)
+    assert flag.network == nat and flag.user_ids == [f"bot{n}" for n in range(6)]
+    assert bursts({f"b{n}": Queued(1000 + n, 0, nat) for n in range(4)}) == []  # too few

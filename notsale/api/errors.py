@@ -95,11 +95,12 @@ async def answer_exception(scope: Scope, receive: Receive, send: Send, exc: Exce
     await handler(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
-def error_groups(*codes: ErrorCode) -> dict[int, str]:
-    """The error codes a route can answer (plus the two every route can), as one description
-    per status, for the OpenAPI document."""
+def error_groups(*codes: ErrorCode, parameters: bool = True) -> dict[int, str]:
+    """The error codes a route can answer (plus unavailable, and invalid_request unless the
+    route reads no `parameters`), as one description per status, for the OpenAPI document."""
     by_status: dict[int, list[ErrorCode]] = {}
-    for code in (*codes, ErrorCode.INVALID_REQUEST, ErrorCode.UNAVAILABLE):
+    always = (ErrorCode.INVALID_REQUEST,) if parameters else ()
+    for code in (*codes, *always, ErrorCode.UNAVAILABLE):
         if code not in by_status.setdefault(STATUS[code], []):
             by_status[STATUS[code]].append(code)
     return {
@@ -108,9 +109,9 @@ def error_groups(*codes: ErrorCode) -> dict[int, str]:
     }
 
 
-def error_responses(*codes: ErrorCode) -> dict[int, ResponseSpec]:
+def error_responses(*codes: ErrorCode, parameters: bool = True) -> dict[int, ResponseSpec]:
     """A Litestar route handler's `responses` for the error codes it can answer."""
     return {
         status: ResponseSpec(data_container=ErrorBody, generate_examples=False, description=text)
-        for status, text in error_groups(*codes).items()
+        for status, text in error_groups(*codes, parameters=parameters).items()
     }

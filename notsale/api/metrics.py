@@ -49,7 +49,7 @@ class MetricsController(Controller):
         summary="Prometheus metrics of all workers",
         description="With NOTSALE_ADMIN_TOKEN set, only for `Authorization: Bearer <token>`.",
         media_type=MEDIA_TYPE,
-        responses=error_responses(ErrorCode.UNAUTHENTICATED),
+        responses=error_responses(ErrorCode.UNAUTHENTICATED, parameters=False),
     )
     async def metrics(
         self,

@@ -153,7 +153,7 @@ class SalesController(Controller):
 
     @get(
         summary="The open sales, newest first",
-        responses=json_responses(SalesBody, error_responses()),
+        responses=json_responses(SalesBody, error_responses(parameters=False)),
     )
     async def open(self, request: Req, services: ServicesDep) -> Response[bytes]:
         return revalidated(
@@ -163,7 +163,7 @@ class SalesController(Controller):
     @get(
         "/current",
         summary="The running sale",
-        responses=json_responses(SaleBody, error_responses()),
+        responses=json_responses(SaleBody, error_responses(parameters=False)),
     )
     async def current(self, request: Req, services: ServicesDep) -> Response[bytes]:
         sale_id = current_sale(services.settings.sale_seconds)

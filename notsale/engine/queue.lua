@@ -6,7 +6,8 @@
 --                        admitted), admitted (admissions so far), first_ms (the first one's
 --                        time), shuffled ("1" once the pre-queue has its positions)
 --       2 tickets  hash  ticket_id -> user \t ticket \t position (0: pre-queued, none yet)
---                        \t next_poll_ms \t admitted_ms (0: not yet) \t network
+--                        \t next_poll_ms \t admitted_ms (0: not yet) \t joined_ms \t network
+--                        (the last two, `rest` below, are written once, at the join)
 --       3 queuers  hash  user -> ticket_id (one ticket per user and sale)
 --       4 order    zset  ticket_id by position
 --       5 prequeue set   the ticket_ids that joined before the start
@@ -48,13 +49,13 @@ local function fmt(n)
 end
 
 local function parse(rec)
-  local user, ticket, position, next_poll, admitted, network =
+  local user, ticket, position, next_poll, admitted, rest =
     string.match(rec, '^(.-)\t(.-)\t(%d+)\t(%d+)\t(%d+)\t(.*)$')
-  return user, ticket, tonumber(position), tonumber(next_poll), tonumber(admitted), network
+  return user, ticket, tonumber(position), tonumber(next_poll), tonumber(admitted), rest
 end
 
-local function record(user, ticket, position, next_poll, admitted, network)
-  return table.concat({user, ticket, fmt(position), fmt(next_poll), fmt(admitted), network}, '\t')
+local function record(user, ticket, position, next_poll, admitted, rest)
+  return table.concat({user, ticket, fmt(position), fmt(next_poll), fmt(admitted), rest}, '\t')
 end
 
 local function remaining()
@@ -95,8 +96,8 @@ local function admit()
   end
   for i = 1, #next, 2 do
     local id = next[i]
-    local user, ticket, position, next_poll, _, network = parse(redis.call('HGET', TICKETS, id))
-    redis.call('HSET', TICKETS, id, record(user, ticket, position, next_poll, now, network))
+    local user, ticket, position, next_poll, _, rest = parse(redis.call('HGET', TICKETS, id))
+    redis.call('HSET', TICKETS, id, record(user, ticket, position, next_poll, now, rest))
     redis.call('ZADD', ACTIVE, now, user)
     redis.call('ZADD', SINCE, now, user)
     front = tonumber(next[i + 1])
@@ -128,7 +129,7 @@ local function answer(id, polled)
   end
   prune()
   admit()
-  local user, ticket, position, _, admitted, network = parse(redis.call('HGET', TICKETS, id))
+  local user, ticket, position, _, admitted, rest = parse(redis.call('HGET', TICKETS, id))
   local poll_after = POLL_WAITING_MS
   if admitted > 0 then
     poll_after = POLL_ADMITTED_MS
@@ -136,7 +137,7 @@ local function answer(id, polled)
     poll_after = math.max(500, math.min(starts - now, POLL_PREQUEUED_MS))
   end
   redis.call('HSET', TICKETS, id, record(user, ticket, position, now + poll_after, admitted,
-    network))
+    rest))
   local state = redis.call('HMGET', QUEUE, 'front', 'admitted', 'first_ms')
   return {'ok', user, ticket, id, position, admitted, poll_after, remaining(),
     tonumber(state[1] or '0'), tonumber(state[2] or '0'), tonumber(state[3] or '0'), now}
@@ -169,7 +170,8 @@ local function join(user, ticket, id, network)
     redis.call('HSET', QUEUE, 'front', fmt(position))
     redis.call('HSETNX', QUEUE, 'first_ms', fmt(now))
   end
-  redis.call('HSET', TICKETS, id, record(user, ticket, position, 0, admitted, network))
+  redis.call('HSET', TICKETS, id, record(user, ticket, position, 0, admitted,
+    fmt(now) .. '\t' .. network))
   redis.call('HSET', QUEUERS, user, id)
   keep()
   return answer(id, false)
@@ -183,8 +185,8 @@ elseif op == 'order' then
   if redis.call('HGET', QUEUE, 'shuffled') ~= '1' then
     for i = 11, #ARGV do
       local id, position = ARGV[i], i - 10
-      local user, ticket, _, next_poll, admitted, network = parse(redis.call('HGET', TICKETS, id))
-      redis.call('HSET', TICKETS, id, record(user, ticket, position, next_poll, admitted, network))
+      local user, ticket, _, next_poll, admitted, rest = parse(redis.call('HGET', TICKETS, id))
+      redis.call('HSET', TICKETS, id, record(user, ticket, position, next_poll, admitted, rest))
       redis.call('ZADD', ORDER, position, id)
     end
     redis.call('HSET', QUEUE, 'shuffled', '1')

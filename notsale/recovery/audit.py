@@ -4,11 +4,13 @@ Read from PostgreSQL (every attempt and purchase, each attempt with the client's
 and from the sale's waiting room in Redis (when each user was admitted; kept until a while
 after the sale's close). Changes nothing.
 
-Ids that behave like one client: on one network, at least CLUSTER_MIN ids that each checked
-out within REACTION_MS of their admission, with reactions within TIMING_SPREAD_MS of each
-other's (the reason says how many bought the limit). No rule refuses a network: many people
-behind one NAT are customers, and people take seconds to pick an item once let in, each
-their own time, which is what sets them apart.
+Ids that behave like one client, on one network (either is enough):
+- at least CLUSTER_MIN ids that each checked out within REACTION_MS of their admission,
+  with reactions within TIMING_SPREAD_MS of each other's (the reason says how many bought
+  the limit): people take seconds to pick an item once let in, each their own time;
+- at least BURST_MIN ids that joined the queue in one burst, none more than JOIN_GAP_MS
+  after the one before: people arrive at their own moments, a script at once.
+No rule refuses a network: many people behind one NAT are customers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from notsale.store.terms import TermsBook
 CLUSTER_MIN = 3
 REACTION_MS = 1000
 TIMING_SPREAD_MS = 500
+BURST_MIN = 5
+JOIN_GAP_MS = 50
 # The attempts of a sale, in order: who, from where, when, and what came of it.
 ATTEMPTS = (
     "SELECT user_id, coalesce(network::text, '') AS network, item_id, code, outcome,"
@@ -103,13 +107,20 @@ def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
-async def admissions(redis: Client, sale_id: int) -> dict[str, int]:
-    """Each admitted user's admission time (ms), from the sale's waiting room."""
-    found: dict[str, int] = {}
+class Queued(msgspec.Struct, frozen=True):
+    """A user's ticket, as the sale's waiting room keeps it (times in ms)."""
+
+    joined_ms: int
+    admitted_ms: int  # 0: never admitted
+    network: str
+
+
+async def tickets(redis: Client, sale_id: int) -> dict[str, Queued]:
+    """Each queued user's ticket, from the sale's waiting room (queue.lua's record)."""
+    found: dict[str, Queued] = {}
     async for _, record in redis.hscan_iter(queue_keys(sale_id).tickets):
-        user, _, _, _, admitted, _ = record.split("\t")
-        if int(admitted):
-            found[user] = int(admitted)
+        user, _, _, _, admitted, joined, network = record.split("\t")
+        found[user] = Queued(int(joined), int(admitted), network)
     return found
 
 
@@ -117,7 +128,8 @@ async def audit(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: 
     terms = await TermsBook(pool, settings).of(sale_id, fix=False)
     attempts = await pool.fetch(ATTEMPTS, sale_id, timeout=QUERY_TIMEOUT_S)
     purchases = await pool.fetch(PURCHASES, sale_id, timeout=QUERY_TIMEOUT_S)
-    admitted = await admissions(redis, sale_id)
+    queued = await tickets(redis, sale_id)
+    admitted = {user: t.admitted_ms for user, t in queued.items() if t.admitted_ms}
     bought = {p["code"]: p for p in purchases}
     networks: dict[str, set[str]] = defaultdict(set)
     tried: dict[str, int] = defaultdict(int)
@@ -131,6 +143,10 @@ async def audit(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: 
             networks[user].add(a["network"])
         if a["outcome"] == "ok":
             held[user].setdefault(a["code"], ms(a["attempted_at"]))
+    for user, ticket in queued.items():
+        tried.setdefault(user, 0)
+        if ticket.network:
+            networks[user].add(ticket.network)
     items: dict[str, int] = defaultdict(int)
     for p in purchases:
         items[p["user_id"]] += 1
@@ -144,7 +160,7 @@ async def audit(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: 
         if waits:
             pay[user] = int(statistics.median(waits))
         expired[user] = sum(1 for c, at in codes.items() if c not in bought and at + hold_ms < now)
-    flags = flagged(networks, items, reaction, pay, terms.user_limit)
+    flags = flagged(networks, items, reaction, pay, terms.user_limit) + bursts(queued)
     marked = {u for f in flags for u in f.user_ids}
     users = sorted(set(tried) | set(items))
     per_network: dict[str, list[str]] = defaultdict(list)
@@ -238,6 +254,33 @@ def flagged(
                     + (f", median {int(statistics.median(paid))} ms to pay" if paid else ""),
                 )
             )
+    return flags
+
+
+def bursts(queued: dict[str, Queued]) -> list[Flag]:
+    """Per network, the ids that joined the queue in bursts of at least BURST_MIN, each join
+    at most JOIN_GAP_MS after the one before."""
+    joins: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for user, ticket in queued.items():
+        joins[ticket.network].append((ticket.joined_ms, user))
+    flags = []
+    for network, found in sorted(joins.items()):
+        groups: list[list[tuple[int, str]]] = []
+        for joined in sorted(found):
+            if groups and joined[0] - groups[-1][-1][0] <= JOIN_GAP_MS:
+                groups[-1].append(joined)
+            else:
+                groups.append([joined])
+        flags += [
+            Flag(
+                network,
+                sorted(u for _, u in burst),
+                f"{len(burst)} ids joined the queue within {burst[-1][0] - burst[0][0]} ms,"
+                f" none more than {JOIN_GAP_MS} ms after the one before",
+            )
+            for burst in groups
+            if len(burst) >= BURST_MIN
+        ]
     return flags
 
 
