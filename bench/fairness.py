@@ -75,8 +75,10 @@ class Seen:
     admitted: dict[str, Any] | None = None  # one admitted ticket's state, for the forgeries
 
 
-def address(group: int, n: int) -> str:
-    return f"127.{group}.{n // 250}.{n % 250 + 1}"
+def own_network(n: int) -> str:
+    """The n-th person's address, in a /24 of its own (127.10.0.1, 127.10.1.1, …): people
+    reach a shop from networks of their own, whatever the scenario's single machine."""
+    return f"127.{10 + n // 250}.{n % 250}.1"
 
 
 def client(source: str) -> httpx.AsyncClient:
@@ -285,7 +287,7 @@ async def scenario(settings: Settings, run: int) -> dict[str, Any]:
     print(f"run {run}: sale {sale}, starting in {starts - time.time():.0f} s", flush=True)
     people, nat = Seen(), Seen()
     joins = [random.uniform(time.time() + 1, starts - 2) for _ in range(HUMANS + NAT)]
-    crowd = [human(sale, address(1, n), f"h{n}", joins[n], people) for n in range(HUMANS)]
+    crowd = [human(sale, own_network(n), f"h{n}", joins[n], people) for n in range(HUMANS)]
     crowd += [human(sale, "127.2.0.1", f"n{n}", joins[HUMANS + n], nat) for n in range(NAT)]
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn) as apart:

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
-from notsale.recovery.audit import Queued, audit, bursts, page, readable
+from notsale.recovery.audit import Queued, audit, page, readable, runs
 from tests.support import Client, attempt_outcomes
 
 SECRET = "s" * 32
@@ -98,11 +98,16 @@ async def test_the_audit_flags_ids_acting_as_one_client_and_not_a_nat_of_people(
     assert "<svg" in html and "bot1, bot2, bot3" in html and "<script" not in html
 
 
-def test_ids_joining_in_one_burst_are_flagged_and_people_arriving_apart_are_not() -> None:
-    nat = "10.0.0.0/24"
-    queued = {f"bot{n}": Queued(1000 + 10 * n, 0, nat) for n in range(6)}  # 10 ms apart
-    queued |= {f"p{n}": Queued(5000 + 200 * n, 0, nat) for n in range(20)}  # 200 ms apart
-    queued |= {f"s{n}": Queued(9000 + n, 0, f"192.0.2.{n}/32") for n in range(6)}  # apart
-    [flag] = bursts(queued)
-    assert flag.network == nat and flag.user_ids == [f"bot{n}" for n in range(6)]
-    assert bursts({f"b{n}": Queued(1000 + n, 0, nat) for n in range(4)}) == []  # too few
+def test_ids_joining_one_after_the_other_are_flagged_and_a_nat_of_people_is_not() -> None:
+    nat, bot = "10.0.0.0/24", "10.9.9.0/24"
+    # People behind one NAT arrive among everyone else, sometimes in the same millisecond.
+    queued = {f"p{n}": Queued(1000 + 100 * n, 0, nat) for n in range(30)}
+    queued |= {f"s{n}": Queued(1050 + 100 * n, 0, f"192.0.{n}.0/24") for n in range(30)}
+    queued |= {f"q{n}": Queued(1000 + 100 * n, 0, f"198.51.{n}.0/24") for n in range(30)}
+    # A script's ids, all at once, one person's join in the middle of them.
+    queued |= {f"bot{n}": Queued(7000 + n // 2, 0, bot) for n in range(20)}
+    queued["late"] = Queued(7004, 0, "203.0.113.0/24")  # between bot9 and bot10
+    flags = runs(queued)
+    assert [f.network for f in flags] == [bot, bot]
+    assert sorted(u for f in flags for u in f.user_ids) == sorted(f"bot{n}" for n in range(20))
+    assert runs({f"b{n}": Queued(1000, 0, nat) for n in range(7)}) == []  # too few

@@ -8,8 +8,9 @@ Ids that behave like one client, on one network (either is enough):
 - at least CLUSTER_MIN ids that each checked out within REACTION_MS of their admission,
   with reactions within TIMING_SPREAD_MS of each other's (the reason says how many bought
   the limit): people take seconds to pick an item once let in, each their own time;
-- at least BURST_MIN ids that joined the queue in one burst, none more than JOIN_GAP_MS
-  after the one before: people arrive at their own moments, a script at once.
+- at least RUN_MIN ids that joined the queue one after the other, nobody else's join
+  between them: people arrive at their own moments among everyone else, a script's ids at
+  once. (The order, not the times: a busy service takes joins in bursts, people's too.)
 No rule refuses a network: many people behind one NAT are customers.
 """
 
@@ -32,8 +33,7 @@ from notsale.store.terms import TermsBook
 CLUSTER_MIN = 3
 REACTION_MS = 1000
 TIMING_SPREAD_MS = 500
-BURST_MIN = 5
-JOIN_GAP_MS = 50
+RUN_MIN = 8
 # The attempts of a sale, in order: who, from where, when, and what came of it.
 ATTEMPTS = (
     "SELECT user_id, coalesce(network::text, '') AS network, item_id, code, outcome,"
@@ -160,7 +160,7 @@ async def audit(redis: Client, pool: asyncpg.Pool, settings: Settings, sale_id: 
         if waits:
             pay[user] = int(statistics.median(waits))
         expired[user] = sum(1 for c, at in codes.items() if c not in bought and at + hold_ms < now)
-    flags = flagged(networks, items, reaction, pay, terms.user_limit) + bursts(queued)
+    flags = flagged(networks, items, reaction, pay, terms.user_limit) + runs(queued)
     marked = {u for f in flags for u in f.user_ids}
     users = sorted(set(tried) | set(items))
     per_network: dict[str, list[str]] = defaultdict(list)
@@ -257,31 +257,26 @@ def flagged(
     return flags
 
 
-def bursts(queued: dict[str, Queued]) -> list[Flag]:
-    """Per network, the ids that joined the queue in bursts of at least BURST_MIN, each join
-    at most JOIN_GAP_MS after the one before."""
-    joins: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for user, ticket in queued.items():
-        joins[ticket.network].append((ticket.joined_ms, user))
-    flags = []
-    for network, found in sorted(joins.items()):
-        groups: list[list[tuple[int, str]]] = []
-        for joined in sorted(found):
-            if groups and joined[0] - groups[-1][-1][0] <= JOIN_GAP_MS:
-                groups[-1].append(joined)
-            else:
-                groups.append([joined])
-        flags += [
-            Flag(
-                network,
-                sorted(u for _, u in burst),
-                f"{len(burst)} ids joined the queue within {burst[-1][0] - burst[0][0]} ms,"
-                f" none more than {JOIN_GAP_MS} ms after the one before",
-            )
-            for burst in groups
-            if len(burst) >= BURST_MIN
-        ]
-    return flags
+def runs(queued: dict[str, Queued]) -> list[Flag]:
+    """Runs of at least RUN_MIN ids of one network that joined the queue one after the
+    other, in the order the queue took them (ties in the same millisecond: by network)."""
+    order = sorted((t.joined_ms, t.network, user) for user, t in queued.items())
+    groups: list[list[tuple[int, str, str]]] = []
+    for joined in order:
+        if groups and groups[-1][-1][1] == joined[1]:
+            groups[-1].append(joined)
+        else:
+            groups.append([joined])
+    return [
+        Flag(
+            run[0][1],
+            sorted(user for _, _, user in run),
+            f"{len(run)} ids joined the queue one after the other, nobody else's join between"
+            f" them, within {run[-1][0] - run[0][0]} ms",
+        )
+        for run in groups
+        if len(run) >= RUN_MIN and run[0][1]
+    ]
 
 
 def readable(report: Audit) -> str:
