@@ -23,6 +23,8 @@ TICKET = re.compile(r"[A-Za-z0-9_-]{22}")
 ADMISSION = re.compile(r"([0-9]{1,18})\.([0-9]{1,15})\.([A-Za-z0-9_-]{43})")
 # A seed: 128 random bits, in hex.
 SEED_BYTES = 16
+# Admissions a worker remembers as good at most (then it forgets them all).
+GOOD_MAX = 100_000
 
 
 def new_ticket() -> str:
@@ -58,6 +60,9 @@ class Admissions:
         self.required = settings.admission == "queue"
         given = [s for s in settings.admission_secret.split(",") if s]
         self._keys = [s.encode() for s in given] or [secrets.token_bytes(32)]
+        # Admissions found good, with their expiry: a buyer's next checkouts carry the same
+        # one, and skip the signature (forged ones are never kept).
+        self._good: dict[tuple[str, int, str], int] = {}
 
     @staticmethod
     def _signed(key: bytes, sale_id: int, user_id: str, expires_ms: int) -> str:
@@ -72,13 +77,21 @@ class Admissions:
         """Whether `admission` admits `user_id` to `sale_id` at `now_ms`. The whole token is
         compared, not its decoded signature: base64 spells some bytes more than one way, and
         no other spelling of an admission is one."""
+        known = self._good.get((admission, sale_id, user_id))
+        if known is not None:
+            return known > now_ms
         found = ADMISSION.fullmatch(admission)
         if found is None or found[1] != str(sale_id) or int(found[2]) <= now_ms:
             return False
         expires_ms = int(found[2])
         # Each comparison takes the same time however much of the token matches; keys are
         # tried in order (which key signed an admission is no secret).
-        return any(
+        good = any(
             hmac.compare_digest(admission, self._signed(key, sale_id, user_id, expires_ms))
             for key in self._keys
         )
+        if good:
+            if len(self._good) >= GOOD_MAX:
+                self._good.clear()
+            self._good[admission, sale_id, user_id] = expires_ms
+        return good
