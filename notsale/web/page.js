@@ -146,13 +146,16 @@ function showQueue(ticket) {
   tick();
 }
 
-// The sale whose queue the box shows: the next one while its pre-queue is open, else the
-// chosen one, else (none open: sold out, say) the running one.
+// The sale whose queue the box shows: the one the buyer holds a ticket of while it is open
+// and has items left; else the next one while its pre-queue is open; else the chosen one;
+// else (none open: sold out, say) the running one.
 async function loadQueue() {
   if (!QUEUED) return;
   const running = await call("GET", "/sales/current");
+  const mine = state.queue;
+  const live = mine && mine.remaining > 0 && state.sales.some((s) => s.sale_id === mine.sale_id);
   const nextOpens = new Date(running.ends_at) - Date.now() <= PREQUEUE_MS;
-  const sale = nextOpens ? running.sale_id + 1 : (state.sale ?? running.sale_id);
+  const sale = live ? mine.sale_id : nextOpens ? running.sale_id + 1 : (state.sale ?? running.sale_id);
   if (sale !== state.queueSale || (!state.queue && !queueTimer)) {
     state.queueSale = sale;
     await pollQueue();
