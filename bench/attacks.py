@@ -2,6 +2,7 @@
 
     python -m bench.attacks [--against REV]
     python -m bench.attacks --pages-beside-stampede ROUNDS
+    python -m bench.attacks --against REV --stampede-pairs PAIRS
 
 Serves this code (and, with `--against`, that git revision first, on a fresh database and
 Redis DB index of its own) and replays every attack of the review once, printing what each
@@ -12,6 +13,10 @@ cost. Redis CPU is the server's own counter: run nothing else against it meanwhi
 second of varied `from` and `count` beside it (bench/wrk/pages.lua), and one with 1,000 GETs
 a second of no route (404): what any request costs the stampede at that rate on this
 machine. Prints what each cost the stampede.
+
+`--against REV --stampede-pairs PAIRS`: plain checkout stampedes of this code and of REV
+(served from a clone), alternating which goes first, each on fresh stores: the ratios of
+their medians, for a change that must cost the hot path nothing.
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ PAGE_CONNECTIONS = 40  # sharing one schedule (pages.lua): 1,000 requests a seco
 BESIDE = {"alone": None, "pages": "/sales/{sale}/items", "404s": "/no-such-route"}
 
 
-def stampede(env: dict[str, str], beside: str | None) -> dict[str, float]:
+def stampede(env: dict[str, str], beside: str | None, code: Path | None = None) -> dict[str, float]:
     """A checkout stampede on a fresh sale, with 1,000 GETs a second of `beside` (varied
     `from` and `count`) or nothing beside it: checkouts a second, and the server's and
     Redis' CPU per checkout; the rate the GETs reached."""
@@ -194,7 +199,9 @@ def stampede(env: dict[str, str], beside: str | None) -> dict[str, float]:
     sale = current_sale(Settings.from_env().sale_seconds)
     serve = [sys.executable, "-m", "notsale", "serve"]
     driver = ["wrk", "-t1", f"-c{PAGE_CONNECTIONS}", f"-d{STAMPEDE_S}s", "-s"]
-    with running(serve, env, f"{url}/health") as server, contextlib.ExitStack() as stack:
+    if code is not None:  # another revision's code, served from its clone
+        env = {**env, "PYTHONPATH": str(code)}
+    with running(serve, env, f"{url}/health", cwd=code) as server, contextlib.ExitStack() as stack:
         if beside is not None:
             gets = subprocess.Popen(
                 [*driver, str(WRK / "pages.lua"), url + beside.format(sale=sale)],
@@ -243,6 +250,34 @@ def pages_beside_stampede(rounds: int) -> None:
             )
 
 
+def stampede_against(rev: str, pairs: int) -> None:
+    """PAIRS pairs of plain checkout stampedes, this code and `rev`'s, alternating which goes
+    first, each on fresh stores: what this code costs against that revision."""
+    runs: dict[str, list[dict[str, float]]] = {"this code": [], rev: []}
+    with contextlib.ExitStack() as stack:
+        other = checkout_of(rev, stack)
+        for pair in range(pairs):
+            for name in ("this code", rev) if pair % 2 == 0 else (rev, "this code"):
+                database_url, redis_url = fresh_stores(Settings.from_env())
+                env = {
+                    **os.environ,
+                    "NOTSALE_DATABASE_URL": database_url,
+                    "NOTSALE_REDIS_URL": redis_url,
+                    "NOTSALE_WORKERS": "2",
+                    "NOTSALE_PORT": str(PORT),
+                }
+                got = stampede(env, None, None if name == "this code" else other)
+                runs[name].append(got)
+                print(
+                    f"pair {pair + 1}, {name}: {got['rps']:.0f} checkouts/s, server"
+                    f" {got['server_us']:.0f} µs and Redis {got['redis_us']:.1f} µs per checkout",
+                    flush=True,
+                )
+    for what in ("rps", "server_us", "redis_us"):
+        ratios = [a[what] / b[what] for a, b in zip(runs["this code"], runs[rev], strict=True)]
+        print(f"{what}: this code / {rev}, median of {pairs} pairs: x{median(ratios):.3f}")
+
+
 def measure(code: Path | None) -> dict[str, str]:
     base = Settings.from_env()
     database_url, redis_url = fresh_stores(base)
@@ -267,9 +302,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
     parser.add_argument("--against", help="a git revision to attack first, for comparison")
     parser.add_argument("--pages-beside-stampede", type=int, metavar="ROUNDS")
+    parser.add_argument(
+        "--stampede-pairs",
+        type=int,
+        metavar="PAIRS",
+        help="with --against: instead, pairs of checkout stampedes of this code and REV",
+    )
     args = parser.parse_args()
     if args.pages_beside_stampede:
         pages_beside_stampede(args.pages_beside_stampede)
+        return 0
+    if args.stampede_pairs:
+        if not args.against:
+            parser.error("--stampede-pairs needs --against REV")
+        stampede_against(args.against, args.stampede_pairs)
         return 0
     runs: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as stack:
