@@ -221,20 +221,24 @@ def stampede(env: dict[str, str], beside: str | None, code: Path | None = None) 
     }
 
 
+def fresh_env() -> dict[str, str]:
+    """The environment of a server of 2 workers on this bench's port, on fresh stores."""
+    database_url, redis_url = fresh_stores(Settings.from_env())
+    return {
+        **os.environ,
+        "NOTSALE_DATABASE_URL": database_url,
+        "NOTSALE_REDIS_URL": redis_url,
+        "NOTSALE_WORKERS": "2",
+        "NOTSALE_PORT": str(PORT),
+    }
+
+
 def pages_beside_stampede(rounds: int) -> None:
     runs: dict[str, list[dict[str, float]]] = {what: [] for what in BESIDE}
     for round_ in range(rounds):
         order = list(BESIDE)
         for what in order[round_ % 3 :] + order[: round_ % 3]:  # each goes first in turn
-            database_url, redis_url = fresh_stores(Settings.from_env())
-            env = {
-                **os.environ,
-                "NOTSALE_DATABASE_URL": database_url,
-                "NOTSALE_REDIS_URL": redis_url,
-                "NOTSALE_WORKERS": "2",
-                "NOTSALE_PORT": str(PORT),
-            }
-            runs[what].append(stampede(env, BESIDE[what]))
+            runs[what].append(stampede(fresh_env(), BESIDE[what]))
             got = runs[what][-1]
             print(
                 f"round {round_ + 1}, {what}: {got['rps']:.0f} checkouts/s, server"
@@ -258,15 +262,7 @@ def stampede_against(rev: str, pairs: int) -> None:
         other = checkout_of(rev, stack)
         for pair in range(pairs):
             for name in ("this code", rev) if pair % 2 == 0 else (rev, "this code"):
-                database_url, redis_url = fresh_stores(Settings.from_env())
-                env = {
-                    **os.environ,
-                    "NOTSALE_DATABASE_URL": database_url,
-                    "NOTSALE_REDIS_URL": redis_url,
-                    "NOTSALE_WORKERS": "2",
-                    "NOTSALE_PORT": str(PORT),
-                }
-                got = stampede(env, None, None if name == "this code" else other)
+                got = stampede(fresh_env(), None, None if name == "this code" else other)
                 runs[name].append(got)
                 print(
                     f"pair {pair + 1}, {name}: {got['rps']:.0f} checkouts/s, server"
@@ -279,17 +275,8 @@ def stampede_against(rev: str, pairs: int) -> None:
 
 
 def measure(code: Path | None) -> dict[str, str]:
-    base = Settings.from_env()
-    database_url, redis_url = fresh_stores(base)
-    env = {
-        **os.environ,
-        "NOTSALE_DATABASE_URL": database_url,
-        "NOTSALE_REDIS_URL": redis_url,
-        "NOTSALE_WORKERS": "2",
-        "NOTSALE_LOG_FORMAT": "json",
-        "NOTSALE_PORT": str(PORT),
-        "NOTSALE_HOLD_SECONDS": str(HOLD_S),
-    }
+    env = {**fresh_env(), "NOTSALE_LOG_FORMAT": "json", "NOTSALE_HOLD_SECONDS": str(HOLD_S)}
+    redis_url, database_url = env["NOTSALE_REDIS_URL"], env["NOTSALE_DATABASE_URL"]
     if code is not None:
         env["PYTHONPATH"] = str(code)
     url = f"http://127.0.0.1:{PORT}"
