@@ -63,7 +63,8 @@ def test_an_admission_is_bound_to_its_sale_user_and_expiry_and_keys_rotate() -> 
     assert old.valid(admission, 7, "ann", now_ms())
     assert not old.valid(admission, 8, "ann", now_ms())  # another sale
     assert not old.valid(admission, 7, "bob", now_ms())  # another user
-    assert not old.valid(admission, 7, "ann", later)  # expired
+    assert not old.valid(admission, 7, "ann", later)  # expired, once found good
+    assert not Admissions(Settings(**QUEUE)).valid(admission, 7, "ann", later)  # never seen
     sale, expires, signature = admission.split(".")
     assert not old.valid(f"{sale}.{int(expires) + 1}.{signature}", 7, "ann", now_ms())
     assert not old.valid(f"07.{expires}.{signature}", 7, "ann", now_ms())
