@@ -229,3 +229,20 @@ async def test_a_redis_that_lost_the_queue_loses_tickets_not_admissions(
     assert again["ticket"] != ann["ticket"] and again["admitted"]
     fairness = (await queued.get(f"/sales/{sale}/fairness")).json()
     assert fairness["seed_sha256"] == commitment(fairness["seed"])  # the seed outlived it
+
+
+async def test_more_active_buyers_than_active_max_let_nobody_else_in(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    """A restart with a lower NOTSALE_ACTIVE_MAX finds more buyers active than it allows:
+    nobody more is let in until they are fewer."""
+    wide = make_settings(**QUEUE, active_max=3)
+    sale = current_sale(wide.sale_seconds)
+    async with AsyncTestClient(app=create_app(wide)) as client:
+        states = [(await join(client, sale, user)).json() for user in ("ann", "bob", "cy")]
+        assert all(s["admitted"] for s in states)
+    async with AsyncTestClient(app=create_app(make_settings(**QUEUE, active_max=1))) as client:
+        di = (await join(client, sale, "di")).json()
+        assert di["position"] == 4 and not di["admitted"]
+        di = await poll_when_due(client, sale, di)
+        assert not di["admitted"]
