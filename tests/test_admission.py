@@ -18,7 +18,8 @@ from notsale.clock import current_sale, now_ms
 from notsale.config import Settings, SettingsError
 from notsale.engine import queue
 from notsale.keys import queue_keys
-from tests.support import Client, assert_error, attempt_outcomes, purchase
+from tests.faultproxy import in_front_of
+from tests.support import Client, Stores, assert_error, attempt_outcomes, purchase
 
 SECRET = "s" * 32
 QUEUE = {"admission": "queue", "admission_secret": SECRET}
@@ -246,3 +247,29 @@ async def test_more_active_buyers_than_active_max_let_nobody_else_in(
         assert di["position"] == 4 and not di["admitted"]
         di = await poll_when_due(client, sale, di)
         assert not di["admitted"]
+
+
+async def test_a_queue_whose_stores_fail_answers_503_and_its_refused_checkout_keeps_its_row(
+    make_settings: Callable[..., Settings], stores: Stores, db: asyncpg.Connection
+) -> None:
+    """The seed is drawn in PostgreSQL at a queue's first join, the queue lives in Redis:
+    either refusing is 503 `unavailable`, never 500; a checkout refused for its admission
+    meanwhile still gets its one row."""
+    with (
+        in_front_of(stores.database_url, 5432) as (postgres, database_url),
+        in_front_of(stores.redis_url, 6379) as (redis, redis_url),
+    ):
+        settings = make_settings(**QUEUE, database_url=database_url, redis_url=redis_url)
+        sale = current_sale(settings.sale_seconds)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            postgres.refuse()
+            assert_error(await join(client, sale, "ann"), 503, "unavailable")
+            postgres.refuse(False)
+            ann = (await join(client, sale, "ann")).json()
+            redis.refuse()
+            assert_error(await join(client, sale, "bob"), 503, "unavailable")
+            await asyncio.sleep(ann["poll_after_ms"] / 1000)
+            assert_error(await poll(client, sale, ann["ticket"]), 503, "unavailable")
+            assert_error(await checkout(client, "bob", 1), 403, "admission_required")
+            redis.refuse(False)
+            assert await attempt_outcomes(db, 1) == ["admission_required"]
