@@ -59,13 +59,17 @@ async def buyer(http: httpx.AsyncClient, user: str, tally: Tally, rng: random.Ra
             tally.unexpected.append(f"purchase {bought.status_code} {bought.text}")
 
 
-async def crowd(server: Any, users: range, tally: Tally, seed: int) -> dict[str, Any]:
-    """Runs buyers user<n> for n in `users` at once; returns /sales/current afterwards. A
-    crowd that would meet the next sale's start waits for it: every buyer of a test then
-    rushes the same sale (an unnamed checkout is for the running one)."""
+async def crowd(
+    server: Any, users: range, tally: Tally, seed: int, local_address: str | None = None
+) -> dict[str, Any]:
+    """Runs buyers user<n> for n in `users` at once, from `local_address` if given; returns
+    /sales/current afterwards. A crowd that would meet the next sale's start waits for it:
+    every buyer of a test then rushes the same sale (an unnamed checkout is for the running
+    one)."""
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=100)
-    async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as http:
+    transport = httpx.AsyncHTTPTransport(limits=limits, local_address=local_address)
+    async with httpx.AsyncClient(base_url=server.base_url, transport=transport, timeout=30) as http:
         ends = dt.datetime.fromisoformat((await http.get("/sales/current")).json()["ends_at"])
         left_s = (ends - dt.datetime.now(dt.UTC)).total_seconds()
         if left_s < SALE_CHANGE_MARGIN_S:

@@ -142,9 +142,12 @@ def test_the_compose_file_is_valid_and_runs_what_it_says(tmp_path: Path) -> None
     for name in ("docker-compose.yml", "Dockerfile"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copy(REPO / ".env.example", tmp_path / ".env")  # as the README says to
-    rendered = run("docker-compose", "--profile", "load", "config", cwd=tmp_path)
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "haproxy.cfg", tmp_path / "scripts")
+    profiles = ["--profile", "load", "--profile", "two-hosts"]
+    rendered = run("docker-compose", *profiles, "config", cwd=tmp_path)
     services = yaml.safe_load(rendered)["services"]
-    assert set(services) == {"redis", "postgres", "notsale", "locust"}
+    assert set(services) == {"redis", "postgres", "notsale", "locust", "notsale-2", "haproxy"}
     redis = " ".join(services["redis"]["command"])
     assert "--appendonly yes --appendfsync everysec" in redis
     assert "--maxmemory-policy noeviction" in redis
@@ -159,3 +162,11 @@ def test_the_compose_file_is_valid_and_runs_what_it_says(tmp_path: Path) -> None
     assert services["locust"]["profiles"] == ["load"]
     assert services["locust"]["build"]["target"] == "load"
     assert "profiles" not in services["notsale"]
+    # The second host: the first's image and settings, reached only through HAProxy.
+    second = services["notsale-2"]
+    assert second["profiles"] == ["two-hosts"] and "ports" not in second
+    assert second["environment"] == notsale and second["image"] == services["notsale"]["image"]
+    haproxy = services["haproxy"]
+    assert haproxy["environment"]["NOTSALE_A"] == "notsale:8080"
+    assert haproxy["environment"]["NOTSALE_B"] == "notsale-2:8080"
+    assert haproxy["volumes"][0].startswith(str(tmp_path / "scripts" / "haproxy.cfg"))
