@@ -168,7 +168,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # The document only, as JSON (and YAML): Litestar's HTML viewers load their code
             # from third-party CDNs, which a service should not make its readers do.
             render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
-            description="A flash sale: checkout holds an item, purchase buys it.",
+            description=(
+                "A flash sale: checkout holds an item, purchase buys it. A method a path does"
+                " not list is answered 405 `method_not_allowed` with an `Allow` header (the"
+                " reads answer OPTIONS too); this document is served at /schema as JSON, at"
+                " /schema/openapi.json, and as YAML at /schema/openapi.yaml and .yml."
+            ),
         ),
     )
     document_hot_routes(app)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+import yaml
 from litestar.testing import AsyncTestClient
 
 from notsale.app import create_app
@@ -314,5 +315,7 @@ async def test_the_openapi_document_is_served_as_json_and_no_page_loads_a_cdn(
     assert document.status_code == 200
     assert document.json()["paths"]["/checkout"]["post"]
     assert (await client.get("/schema")).json() == document.json()
+    for yaml_path in ("/schema/openapi.yaml", "/schema/openapi.yml"):
+        assert yaml.safe_load((await client.get(yaml_path)).text) == document.json()
     for viewer in ("/swagger", "/redoc", "/elements", "/rapidoc", "/scalar", "/x.json"):
         assert_error(await client.get("/schema" + viewer), 404, "not_found")

@@ -38,8 +38,9 @@ CITATION = re.compile(r"\]\(([^)#\s]*RESULTS\.md)#([^)\s]+)\)")
 # timeouts are whole), a rate a second, a percentile, a ratio. A figure written otherwise
 # must still cite its run; these are the ones a test can find.
 MEASURED = re.compile(
-    r"\d\s*µs|(?<!every )\d\.\d+\s*(?:ms|s)\b|\d\s*(?:requests|checkouts|decisions|runs)?(?:/s\b| a second)"
-    r"|\bp(?:50|99)\b|ratio to hello|of hello|[×x]\s?\d\.\d"
+    r"\d\s*µs|(?<!every )\d\.\d+\s*(?:ms|s)\b"
+    r"|\d\s*(?:requests|checkouts|decisions|runs)?(?:/s\b| a second)"
+    r"|\bp(?:50|99)\b|ratio to hello|of hello|[\u00d7x]\s?\d\.\d"  # x or the times sign
 )
 
 

@@ -95,12 +95,14 @@ async def answer_exception(scope: Scope, receive: Receive, send: Send, exc: Exce
     await handler(request, exc).to_asgi_response(None, request)(scope, receive, send)
 
 
-def error_groups(*codes: ErrorCode, parameters: bool = True) -> dict[int, str]:
-    """The error codes a route can answer (plus unavailable, and invalid_request unless the
-    route reads no `parameters`), as one description per status, for the OpenAPI document."""
+def error_groups(*codes: ErrorCode, parameters: bool = True, stores: bool = True) -> dict[int, str]:
+    """The error codes a route can answer (plus invalid_request unless the route reads no
+    `parameters`, and unavailable unless it answers without the `stores`), as one
+    description per status, for the OpenAPI document."""
     by_status: dict[int, list[ErrorCode]] = {}
     always = (ErrorCode.INVALID_REQUEST,) if parameters else ()
-    for code in (*codes, *always, ErrorCode.UNAVAILABLE):
+    down = (ErrorCode.UNAVAILABLE,) if stores else ()
+    for code in (*codes, *always, *down):
         if code not in by_status.setdefault(STATUS[code], []):
             by_status[STATUS[code]].append(code)
     return {
@@ -109,9 +111,11 @@ def error_groups(*codes: ErrorCode, parameters: bool = True) -> dict[int, str]:
     }
 
 
-def error_responses(*codes: ErrorCode, parameters: bool = True) -> dict[int, ResponseSpec]:
+def error_responses(
+    *codes: ErrorCode, parameters: bool = True, stores: bool = True
+) -> dict[int, ResponseSpec]:
     """A Litestar route handler's `responses` for the error codes it can answer."""
     return {
         status: ResponseSpec(data_container=ErrorBody, generate_examples=False, description=text)
-        for status, text in error_groups(*codes, parameters=parameters).items()
+        for status, text in error_groups(*codes, parameters=parameters, stores=stores).items()
     }
