@@ -3,12 +3,14 @@ and nothing written but the attempt rows the contract asks for."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.support import wait_for
@@ -40,10 +42,16 @@ WEIRD = st.one_of(
 QUERY = st.lists(st.tuples(st.sampled_from(NAMES), WEIRD), max_size=5)
 
 
+@functools.cache
+def paths(app: Litestar) -> dict[str, Any]:
+    """The OpenAPI document's paths (built once per app: it takes a while)."""
+    return dict(app.openapi_schema.to_schema()["paths"])
+
+
 def documented(client: Client, path: str, method: str) -> set[int]:
     """The statuses the OpenAPI document lists for `method` on `path`; for a method it does
     not list, 405 (the reads also answer OPTIONS, 204)."""
-    item = client.app.openapi_schema.to_schema()["paths"][path]
+    item = paths(client.app)[path]
     if method.lower() in item:
         return {int(status) for status in item[method.lower()]["responses"]}
     return {204, 405} if method == "OPTIONS" and "get" in item else {405}

@@ -23,7 +23,7 @@ from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.metrics import HAND_OVER_S
 from tests.started import free_port
-from tests.support import Client, assert_error, wait_for, workers_of
+from tests.support import Client, assert_error, log_tail, wait_for, workers_of
 
 # Workers hand their per-request values to prometheus_client every HAND_OVER_S.
 HANDED_OVER_S = 2 * HAND_OVER_S
@@ -167,6 +167,13 @@ async def test_counters_add_up_across_two_workers(
             return len(workers) == 2 and victim not in workers
 
         assert await wait_for(replaced, True, timeout=20)
+
+        # ...and has started (granian loses a SIGTERM that reaches a worker while it starts:
+        # the server's stop after this test would wait for it until it is killed).
+        async def started() -> int:
+            return log_tail(server.log_path, 1_000_000).count('"worker ready"')
+
+        assert await wait_for(started, 3) == 3
         after = await scrape(http)
         assert value(after, "notsale_requests_total", route="/checkout", status="200") == sent["ok"]
 
