@@ -16,6 +16,7 @@ from notsale.admission import Admissions, commitment, shuffled, ticket_id
 from notsale.app import create_app
 from notsale.clock import current_sale, now_ms
 from notsale.config import Settings, SettingsError
+from notsale.connections import connect
 from notsale.engine import queue
 from notsale.keys import queue_keys
 from tests.faultproxy import in_front_of
@@ -221,8 +222,9 @@ async def test_a_redis_that_lost_the_queue_loses_tickets_not_admissions(
 ) -> None:
     sale = current_sale(3600)
     ann = (await join(queued, sale, "ann")).json()
-    redis = queued.app.state.services.redis
-    await redis.delete(list(queue_keys(sale)))  # what a restart without persistence does
+    # A client of the test's own: the app's runs on the test client's loop, in another thread.
+    async with connect(queued.app.state.services.settings.redis_url) as redis:
+        await redis.delete(list(queue_keys(sale)))  # what a restart without persistence does
     await asyncio.sleep(ann["poll_after_ms"] / 1000)
     assert_error(await poll(queued, sale, ann["ticket"]), 403, "ticket_invalid")
     assert (await checkout(queued, "ann", 1, ann["admission"])).status_code == 200

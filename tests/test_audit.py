@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from notsale.app import create_app
 from notsale.clock import current_sale
 from notsale.config import Settings
+from notsale.connections import connect
 from notsale.recovery.audit import Queued, audit, page, readable, runs
 from tests.support import Client, attempt_outcomes
 
@@ -78,7 +79,8 @@ async def test_the_audit_flags_ids_acting_as_one_client_and_not_a_nat_of_people(
         await asyncio.gather(*runs)
         await attempt_outcomes(db, 12)
         await asyncio.sleep(1.1)  # di's hold expired
-        report = await audit(client.app.state.services.redis, pool, settings, sale)
+        async with connect(settings.redis_url) as redis:  # the app's is on another loop
+            report = await audit(redis, pool, settings, sale)
     assert [f.network for f in report.flagged] == ["10.0.0.0/24"]
     assert report.flagged[0].user_ids == ["bot1", "bot2", "bot3"]
     assert report.admissions_known and report.items == 11 and report.holds == 12
