@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -20,6 +19,7 @@ from granian.http import HTTP1Settings
 from notsale.clock import current_sale
 from notsale.config import Settings, redis_cluster
 from notsale.connections import REDIS_DOWN, Client, connect
+from notsale.errors import NotsaleError
 from notsale.logs import ACCESS_FORMAT, log_config
 from notsale.recovery import audit
 from notsale.recovery.reconcile import Reconciler
@@ -28,6 +28,7 @@ from notsale.store.migrations import migrate
 from notsale.store.pool import PG_DOWN, create_pool
 
 log = logging.getLogger("notsale")
+T = TypeVar("T")
 
 # granian's "backlog" of the listening socket: a stampede opens many connections at once.
 LISTEN_BACKLOG = 4096
@@ -44,6 +45,8 @@ WORKER_STOP_TIMEOUT_S = 30
 RESTART_DELAY_S = 1.0
 
 
+# How long a command waits for PostgreSQL to answer before it says it cannot.
+PROBE_TIMEOUT_S = 5.0
 # While PostgreSQL cannot be reached at start, `notsale serve` tries to migrate this often.
 MIGRATE_RETRY_S = 2.0
 
@@ -147,39 +150,60 @@ def granian(settings: Settings) -> Any:
     )
 
 
-@contextlib.asynccontextmanager
-async def stores(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
-    """A command's Redis client and PostgreSQL pool, closed after it."""
+async def with_stores(
+    settings: Settings, work: Callable[[Client, asyncpg.Pool], Awaitable[T]]
+) -> T:
+    """`work` with a Redis client and a PostgreSQL pool, closed after it. A store out of
+    reach, a database not migrated, or a store failing the work stops the command with one
+    line that says so (not a traceback)."""
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=PROBE_TIMEOUT_S)
+        try:
+            migrated = await conn.fetchval("SELECT to_regclass('checkout_attempts') IS NOT NULL")
+        finally:
+            await conn.close()
+    except PG_DOWN as exc:
+        raise SystemExit(f"notsale: PostgreSQL failed: {exc!r}") from None
+    if not migrated:
+        raise SystemExit(
+            "notsale: the database has no notsale tables yet: run `notsale migrate` (or start"
+            " the service) with the same NOTSALE_DATABASE_URL"
+        )
+    failed: Exception
     pool = await create_pool(settings.database_url)
     try:
         async with connect(settings.redis_url) as redis:
-            yield redis, pool
+            # Failures are raised out here, not through coredis' task group.
+            try:
+                await redis.ping()
+            except REDIS_DOWN as exc:
+                failed, store = exc, "Redis"
+            else:
+                try:
+                    return await work(redis, pool)
+                except (*REDIS_DOWN, *PG_DOWN, NotsaleError) as exc:
+                    failed, store = exc, "a store"
     finally:
         await pool.close()
+    raise SystemExit(f"notsale: {store} failed: {failed!r}")
 
 
 def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> int:
     """Exit 1 when the sale lost anything (see recovery/verify.py)."""
-
-    async def run() -> int:
-        sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
-        async with stores(settings) as (redis, pool):
-            report = await verify(redis, pool, settings, sale)
-        print(msgspec.json.encode(report).decode() if as_json else readable(report))
-        return 0 if report.ok else 1
-
-    return asyncio.run(run())
+    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    report = asyncio.run(
+        with_stores(settings, lambda redis, pool: verify(redis, pool, settings, sale))
+    )
+    print(msgspec.json.encode(report).decode() if as_json else readable(report))
+    return 0 if report.ok else 1
 
 
 def audit_command(settings: Settings, sale_id: int | None, as_json: bool, html: str | None) -> int:
     """Who bought what, and which ids act as one client (see recovery/audit.py)."""
-
-    async def run() -> audit.Audit:
-        sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
-        async with stores(settings) as (redis, pool):
-            return await audit.audit(redis, pool, settings, sale)
-
-    report = asyncio.run(run())
+    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    report = asyncio.run(
+        with_stores(settings, lambda redis, pool: audit.audit(redis, pool, settings, sale))
+    )
     print(msgspec.json.encode(report).decode() if as_json else audit.readable(report))
     if html:
         Path(html).write_text(audit.page(report))
@@ -187,19 +211,21 @@ def audit_command(settings: Settings, sale_id: int | None, as_json: bool, html: 
 
 
 def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> int:
-    return asyncio.run(reconcile(settings, sale_id, check))
-
-
-async def reconcile(settings: Settings, sale_id: int | None, check: bool) -> int:
     sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
-    async with stores(settings) as (redis, pool):
-        reconciler = Reconciler(redis, pool, settings)
-        if not check:
-            restored = await reconciler.rebuild(sale)  # after any under way
-            print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
-        found = await reconciler.differences(sale)
+    found = asyncio.run(
+        with_stores(
+            settings, lambda redis, pool: reconcile(Reconciler(redis, pool, settings), sale, check)
+        )
+    )
     for difference in found:
         print(f"sale {sale}: {difference.what}: {difference.detail}")
     if not found:
         print(f"sale {sale}: Redis and PostgreSQL agree")
     return 1 if found else 0
+
+
+async def reconcile(reconciler: Reconciler, sale: int, check: bool) -> list[Any]:
+    if not check:
+        restored = await reconciler.rebuild(sale)  # after any under way
+        print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
+    return await reconciler.differences(sale)

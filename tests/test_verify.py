@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 
 import asyncpg
+import msgspec
 
 from notsale.clock import current_sale
 from notsale.config import Settings
 from notsale.keys import sale_keys
-from tests.support import Client, attempt_outcomes, checkout, notsale_cli, purchase
+from tests.support import (
+    Client,
+    attempt_outcomes,
+    checkout,
+    drop_database,
+    free_port,
+    notsale_cli,
+    purchase,
+)
 
 
 async def test_verify_passes_a_whole_sale_and_names_what_was_lost(
@@ -44,3 +54,38 @@ async def test_verify_passes_a_whole_sale_and_names_what_was_lost(
     assert "FAILED purchase_without_attempt: item 1 (bought by ann)" in broken.stdout
     assert "FAILED rejected: 1 outbox entries kept in outbox_rejects" in broken.stdout
     assert "reject 1-0: does not decode" in broken.stdout
+
+
+async def test_the_commands_say_in_one_line_which_store_failed(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Run before any migration, or with a store out of reach: one line, exit status 1,
+    never a traceback."""
+    empty = f"notsale_empty_{os.getpid()}"
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{empty}"')
+    finally:
+        await admin.close()
+    try:
+        unmigrated = msgspec.structs.replace(
+            settings, database_url=settings.database_url.rsplit("/", 1)[0] + "/" + empty
+        )
+        redis_away = msgspec.structs.replace(
+            settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"
+        )
+        pg_away = msgspec.structs.replace(
+            settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        )
+        for broken, says in (
+            (unmigrated, "run `notsale migrate`"),
+            (redis_away, "notsale: Redis failed"),
+            (pg_away, "notsale: PostgreSQL failed"),
+        ):
+            for command in (["verify"], ["audit"], ["reconcile", "--check"]):
+                done = notsale_cli(broken, *command)
+                assert done.returncode == 1, (command, done.stdout, done.stderr)
+                assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+                assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    finally:
+        await drop_database(empty)
