@@ -22,7 +22,7 @@ from notsale.connections import REDIS_DOWN, Client, connect
 from notsale.errors import NotsaleError
 from notsale.logs import ACCESS_FORMAT, log_config
 from notsale.recovery import audit
-from notsale.recovery.reconcile import Reconciler
+from notsale.recovery.reconcile import Difference, Reconciler
 from notsale.recovery.verify import readable, verify
 from notsale.store.migrations import migrate
 from notsale.store.pool import PG_DOWN, create_pool
@@ -188,9 +188,14 @@ async def with_stores(
     raise SystemExit(f"notsale: {store} failed: {failed!r}")
 
 
+def chosen_sale(settings: Settings, sale_id: int | None) -> int:
+    """The sale a command names, by default the running one."""
+    return current_sale(settings.sale_seconds) if sale_id is None else sale_id
+
+
 def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> int:
     """Exit 1 when the sale lost anything (see recovery/verify.py)."""
-    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    sale = chosen_sale(settings, sale_id)
     report = asyncio.run(
         with_stores(settings, lambda redis, pool: verify(redis, pool, settings, sale))
     )
@@ -200,7 +205,7 @@ def verify_command(settings: Settings, sale_id: int | None, as_json: bool) -> in
 
 def audit_command(settings: Settings, sale_id: int | None, as_json: bool, html: str | None) -> int:
     """Who bought what, and which ids act as one client (see recovery/audit.py)."""
-    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    sale = chosen_sale(settings, sale_id)
     report = asyncio.run(
         with_stores(settings, lambda redis, pool: audit.audit(redis, pool, settings, sale))
     )
@@ -211,7 +216,7 @@ def audit_command(settings: Settings, sale_id: int | None, as_json: bool, html: 
 
 
 def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> int:
-    sale = current_sale(settings.sale_seconds) if sale_id is None else sale_id
+    sale = chosen_sale(settings, sale_id)
     found = asyncio.run(
         with_stores(
             settings, lambda redis, pool: reconcile(Reconciler(redis, pool, settings), sale, check)
@@ -224,7 +229,7 @@ def reconcile_command(settings: Settings, sale_id: int | None, check: bool) -> i
     return 1 if found else 0
 
 
-async def reconcile(reconciler: Reconciler, sale: int, check: bool) -> list[Any]:
+async def reconcile(reconciler: Reconciler, sale: int, check: bool) -> list[Difference]:
     if not check:
         restored = await reconciler.rebuild(sale)  # after any under way
         print(f"sale {sale}: rebuilt from PostgreSQL, {restored} purchases restored")
