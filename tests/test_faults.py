@@ -105,8 +105,8 @@ async def test_sigterm_drains_everything_and_exits_in_bounded_time(
     serve: Callable[..., Any], db: asyncpg.Connection, settings: Settings, to: str
 ) -> None:
     """SIGTERM to the master (a container's stop), or to the whole process group (Ctrl-C in
-    a terminal, `kill -- -PID`, a supervisor): the workers that the signal stops first are
-    not replaced (once a replaced worker stopped while it started, and hung until killed)."""
+    a terminal, `kill -- -PID`, a supervisor, where each worker gets it twice): an orderly
+    stop, within STOP_WITHIN_S, that replaces no worker on the way out."""
     server = await serve(sale_size=SALE_SIZE, user_limit=5, workers=2)
     tally = Tally()
     await burst(server, tally)
